@@ -1,0 +1,108 @@
+"""Entry point of a Faust worker: `python -m agents.worker`.
+
+Builds the Faust app from the settings, attaches the agents, and runs it. Several workers
+with the same FAUST_APP_ID form one consumer group and split the partitions."""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import sys
+
+import asyncpg
+import redis.asyncio as aioredis
+
+from agents.ledger_flush import run_ledger_flush
+from agents.wallet import WalletAgentDeps, handle_wallet_message
+from app.streaming import WALLET_COMMANDS, BankrollApp, create_streams
+from config import Settings, load_settings
+from storage.postgres.migrate import migrate
+from storage.postgres.stores import PostgresLedgerStore
+from storage.redis.stores import RedisWalletCache
+
+log = logging.getLogger("bankroll.worker")
+
+WORKER_KEY_PREFIX = "bankroll:worker:"
+WORKER_HEARTBEAT_TTL_S = 5
+
+
+class WorkerResources:
+    """Connections a worker opens once, lazily, on the event loop Faust runs."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._redis: aioredis.Redis | None = None
+        self._pool: asyncpg.Pool | None = None
+        self._lock = asyncio.Lock()
+
+    async def redis(self) -> aioredis.Redis:
+        if self._redis is None:
+            self._redis = aioredis.Redis.from_url(self.settings.redis_url)
+        return self._redis
+
+    async def ledger_store(self) -> PostgresLedgerStore:
+        async with self._lock:
+            if self._pool is None:
+                await migrate(self.settings.database_url)
+                self._pool = await asyncpg.create_pool(self.settings.database_url, min_size=1, max_size=4)
+        return PostgresLedgerStore(self._pool)
+
+
+def build_worker(settings: Settings, worker_id: str | None = None) -> BankrollApp:
+    streams = create_streams(settings)
+    app = streams.app
+    resources = WorkerResources(settings)
+    worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
+
+    @app.agent(streams.wallet_commands, name="wallet")
+    async def wallet_agent(stream):  # type: ignore[no-untyped-def]
+        client = await resources.redis()
+
+        async def send_postings(key: bytes, value: bytes) -> None:
+            await streams.ledger_postings.send(key=key, value=value)
+
+        async def publish_reply(channel: str, payload: bytes) -> None:
+            await client.publish(channel, payload)
+
+        deps = WalletAgentDeps(
+            table=streams.wallets,
+            send_postings=send_postings,
+            publish_reply=publish_reply,
+            cache=RedisWalletCache(client),
+            cache_ttl_s=settings.wallet_cache_ttl_s,
+            retention_ms=settings.idempotency_retention_s * 1000,
+        )
+        async for event in stream.events():
+            await handle_wallet_message(deps, event.key, event.value)
+
+    @app.agent(streams.ledger_postings, name="ledger-flush")
+    async def ledger_flush_agent(stream):  # type: ignore[no-untyped-def]
+        await run_ledger_flush(
+            stream, resources.ledger_store, settings.ledger_flush_max_rows, settings.ledger_flush_within_ms / 1000
+        )
+
+    @app.timer(1.0)
+    async def heartbeat() -> None:
+        # /ready asks whether every partition of the command topic has an owner.
+        assigned = sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == WALLET_COMMANDS)
+        client = await resources.redis()
+        await client.set(
+            WORKER_KEY_PREFIX + worker_id,
+            json.dumps({"worker_id": worker_id, "partitions": assigned}),
+            ex=WORKER_HEARTBEAT_TTL_S,
+        )
+
+    return app
+
+
+def main() -> None:
+    settings = load_settings()
+    app = build_worker(settings)
+    sys.argv = [sys.argv[0], "worker", "--loglevel", settings.log_level]
+    app.main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""One table from result code to HTTP status: the only place statuses are chosen."""
+from __future__ import annotations
+
+import json
+
+from aiohttp import web
+
+from app.api.signing import AuthResult
+from app.domain.wallet.core import WalletResult
+
+STATUS: dict[str, int] = {
+    WalletResult.CREATED: 201,
+    WalletResult.ACCEPTED: 202,
+    WalletResult.OK: 200,
+    WalletResult.PLAYER_NOT_FOUND: 404,
+    WalletResult.PLAYER_EXISTS_WITH_DIFFERENT_DETAILS: 409,
+    WalletResult.CURRENCY_NOT_SUPPORTED: 422,
+    WalletResult.IDEMPOTENCY_CONFLICT: 409,
+    WalletResult.DEPOSIT_EXISTS: 409,
+    WalletResult.DEPOSIT_NOT_FOUND: 404,
+    WalletResult.DEPOSIT_ALREADY_FINAL: 409,
+    WalletResult.AMOUNT_MISMATCH: 422,
+    WalletResult.FEE_EXCEEDS_AMOUNT: 422,
+    AuthResult.MISSING_SIGNATURE: 401,
+    AuthResult.UNKNOWN_API_KEY: 401,
+    AuthResult.STALE_TIMESTAMP: 401,
+    AuthResult.INVALID_SIGNATURE: 401,
+    AuthResult.REPLAYED_SIGNATURE: 401,
+    "invalid_request": 400,
+    "not_found": 404,
+    "method_not_allowed": 405,
+    "timeout": 504,
+    "unavailable": 503,
+}
+
+
+def json_response(status: int, body: dict) -> web.Response:
+    return web.Response(
+        status=status,
+        body=json.dumps(body, separators=(",", ":"), sort_keys=True).encode(),
+        content_type="application/json",
+    )
+
+
+def error(code: str, message: str) -> web.Response:
+    return json_response(STATUS[code], {"error": {"code": str(code), "message": message}})
+
+
+def result_response(code: str, body: dict) -> web.Response:
+    return json_response(STATUS[code], body)

@@ -1,0 +1,303 @@
+"""The HTTP API (aiohttp): `python -m app.api.server`.
+
+Handlers validate, turn the request into a command, send it to the agent that owns the
+key and map the agent's result code to a status. They decide nothing about money."""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import asdict
+from typing import Awaitable, Callable
+
+import asyncpg
+import redis.asyncio as aioredis
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from app.api import validation as v
+from app.api.bus import CommandBus, ReplyTimeout
+from app.api.errors import error, json_response, result_response
+from app.api.openapi import openapi_document
+from app.api.signing import AuthResult, check_psp, check_request
+from app.domain.wallet.core import PLAYER_WALLETS, ApplyPspResult, CreatePlayer, RequestDeposit
+from app.messages import COMMAND_NAMES, READ_WALLET, request_hash, wallet_key
+from app.metrics import HTTP_ERRORS, HTTP_SECONDS
+from config import Settings, load_settings
+from storage.ports import DepositRoutes, SignatureGuard, WalletCache
+from storage.postgres.migrate import migrate
+from storage.postgres.stores import PostgresDepositRoutes
+from storage.redis.stores import RedisSignatureGuard, RedisWalletCache
+
+log = logging.getLogger("bankroll.web")
+
+SETTINGS = web.AppKey("settings", Settings)
+SERVICES = web.AppKey("services", object)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Services:
+    """What the handlers talk to; built at start-up, replaced by fakes in tests."""
+
+    def __init__(
+        self,
+        bus: CommandBus,
+        cache: WalletCache,
+        routes: DepositRoutes,
+        signatures: SignatureGuard,
+        redis_client: aioredis.Redis,
+        pool: asyncpg.Pool,
+    ) -> None:
+        self.bus = bus
+        self.cache = cache
+        self.routes = routes
+        self.signatures = signatures
+        self.redis = redis_client
+        self.pool = pool
+
+
+def _services(request: web.Request) -> Services:
+    return request.app[SERVICES]  # type: ignore[return-value]
+
+
+def _signed(path: str) -> bool:
+    # PSP webhooks carry the PSP's own signature instead of a service signature.
+    return (path.startswith("/v1/") and not path.startswith("/v1/psp/")) or path.startswith("/w1api/")
+
+
+@web.middleware
+async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.perf_counter()
+    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    try:
+        response = await handler(request)
+    except web.HTTPNotFound:
+        response = error("not_found", "no such route")
+    except web.HTTPMethodNotAllowed:
+        response = error("method_not_allowed", "method not allowed on this route")
+    except v.InvalidRequest as exc:
+        response = error("invalid_request", str(exc))
+    except ReplyTimeout:
+        response = error("timeout", "the operation did not complete in time; retry with the same idempotency key")
+    except ConnectionError as exc:
+        log.warning("dependency unavailable: %r", exc)
+        response = error("unavailable", "a dependency is unavailable; retry with the same idempotency key")
+    if response.status >= 400 and response.content_type == "application/json":
+        try:
+            HTTP_ERRORS.labels(json.loads(response.body)["error"]["code"]).inc()
+        except (KeyError, TypeError, ValueError):
+            pass
+    HTTP_SECONDS.labels(route, request.method, str(response.status)).observe(time.perf_counter() - started)
+    return response
+
+
+@web.middleware
+async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if not _signed(request.path):
+        return await handler(request)
+    settings = request.app[SETTINGS]
+    body = await request.read()
+    api_key = settings.api_key(request.headers.get("X-Api-Key", ""))
+    signature = request.headers.get("X-Signature")
+    result = check_request(
+        secret=api_key.secret if api_key else None,
+        timestamp=request.headers.get("X-Timestamp"),
+        signature=signature,
+        method=request.method,
+        path_with_query=request.raw_path,
+        body=body,
+        now_s=int(time.time()),
+        max_skew_s=settings.signature_max_skew_s,
+    )
+    if result is AuthResult.OK and not await _services(request).signatures.first_use(
+        signature or "", 2 * settings.signature_max_skew_s
+    ):
+        result = AuthResult.REPLAYED_SIGNATURE
+    if result is not AuthResult.OK or api_key is None:
+        return error(result, "the request signature was not accepted")
+    request["tenant_id"] = api_key.tenant_id
+    return await handler(request)
+
+
+async def _dispatch(
+    request: web.Request, tenant_id: str, player_id: str, command: object, operation_key: str, meaning: dict
+) -> web.Response:
+    code, body = await _services(request).bus.request(
+        wallet_key(tenant_id, player_id),
+        {
+            "tenant_id": tenant_id,
+            "operation_key": operation_key,
+            "request_hash": request_hash(meaning),
+            "now_ms": int(time.time() * 1000),
+        },
+        COMMAND_NAMES[type(command)],
+        asdict(command),  # type: ignore[call-overload]
+    )
+    return result_response(code, body)
+
+
+async def create_player(request: web.Request) -> web.Response:
+    body = v.parse_json_object(await request.read())
+    v.no_unknown_fields(body, {"player_id", "currency", "country"})
+    command = CreatePlayer(player_id=v.ident(body, "player_id"), currency=v.currency(body), country=v.country(body))
+    return await _dispatch(
+        request, request["tenant_id"], command.player_id, command, f"player:{command.player_id}", body
+    )
+
+
+async def create_deposit(request: web.Request) -> web.Response:
+    body = v.parse_json_object(await request.read())
+    v.no_unknown_fields(body, {"deposit_id", "player_id", "amount", "currency", "method", "idempotency_key"})
+    command = RequestDeposit(
+        deposit_id=v.ident(body, "deposit_id"),
+        player_id=v.ident(body, "player_id"),
+        amount_minor=v.amount(body, "amount"),
+        currency=v.currency(body),
+        method=v.text(body, "method"),
+    )
+    idempotency_key = v.ident(body, "idempotency_key", required=False) or command.deposit_id
+    tenant_id = request["tenant_id"]
+    owner = await _services(request).routes.claim(tenant_id, command.deposit_id, command.player_id)
+    if owner != command.player_id:
+        return error("deposit_exists", "a deposit with this id belongs to another player")
+    return await _dispatch(request, tenant_id, command.player_id, command, f"deposit:{idempotency_key}", body)
+
+
+async def psp_webhook(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    psp = settings.psp(request.match_info["psp"])
+    if psp is None:
+        return error("not_found", "no such PSP")
+    raw = await request.read()
+    if not check_psp(psp.secret, raw, request.headers.get("X-PSP-Signature")):
+        return error(AuthResult.INVALID_SIGNATURE, "the PSP signature was not accepted")
+    body = v.parse_json_object(raw)
+    v.no_unknown_fields(body, {"event_id", "deposit_id", "withdrawal_id", "status", "amount", "currency", "fee"})
+    if "deposit_id" not in body:
+        raise v.InvalidRequest("`deposit_id` is required: this endpoint settles deposits")
+    command = ApplyPspResult(
+        psp=psp.name,
+        event_id=v.ident(body, "event_id"),
+        deposit_id=v.ident(body, "deposit_id"),
+        status=v.one_of(body, "status", ("SUCCEEDED", "FAILED")),
+        amount_minor=v.amount(body, "amount"),
+        currency=v.currency(body),
+        fee_minor=v.amount(body, "fee", allow_zero=True) if "fee" in body else 0,
+    )
+    player_id = await _services(request).routes.lookup(psp.tenant_id, command.deposit_id)
+    if player_id is None:
+        return error("deposit_not_found", "no such deposit")
+    return await _dispatch(request, psp.tenant_id, player_id, command, f"psp:{psp.name}:{command.event_id}", body)
+
+
+async def get_wallets(request: web.Request) -> web.Response:
+    player_id = v.ident(dict(request.query), "player_id")
+    types = v.wallet_types(request.query.get("types"), PLAYER_WALLETS)
+    tenant_id = request["tenant_id"]
+    services = _services(request)
+    cached = await services.cache.get(tenant_id, player_id)
+    if cached is not None:
+        code, body = "ok", json.loads(cached)
+    else:
+        code, body = await services.bus.request(
+            wallet_key(tenant_id, player_id),
+            {"tenant_id": tenant_id, "operation_key": "", "request_hash": "", "now_ms": int(time.time() * 1000)},
+            READ_WALLET,
+            {},
+        )
+    if code == "ok" and types:
+        body = {**body, "wallets": [w for w in body["wallets"] if w["type"] in types]}
+    return result_response(code, body)
+
+
+async def health(request: web.Request) -> web.Response:
+    return json_response(200, {"status": "alive"})
+
+
+async def ready(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    services = _services(request)
+    checks: dict[str, object] = {}
+    checks["broker"] = await services.bus.broker_reachable()
+    try:
+        checks["postgres"] = await asyncio.wait_for(services.pool.fetchval("SELECT 1"), 2.0) == 1
+    except Exception:
+        checks["postgres"] = False
+    try:
+        checks["redis"] = bool(await asyncio.wait_for(services.redis.ping(), 2.0))
+        owned: set[int] = set()
+        async for key in services.redis.scan_iter(match="bankroll:worker:*"):
+            raw = await services.redis.get(key)
+            if raw:
+                owned.update(json.loads(raw)["partitions"])
+        missing = sorted(set(range(settings.topic_partitions)) - owned)
+        checks["partitions_assigned"] = not missing
+        if missing:
+            checks["partitions_unassigned"] = missing
+    except Exception:
+        checks["redis"] = False
+        checks["partitions_assigned"] = False
+    is_ready = all(checks[name] for name in ("broker", "postgres", "redis", "partitions_assigned"))
+    return json_response(200 if is_ready else 503, {"ready": is_ready, "checks": checks})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return json_response(200, openapi_document())
+
+
+def create_web_app(settings: Settings, services: Services | None = None) -> web.Application:
+    app = web.Application(middlewares=[observe, authenticate], client_max_size=64 * 1024)
+    app[SETTINGS] = settings
+    app.router.add_get("/health", health)
+    app.router.add_get("/ready", ready)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi)
+    app.router.add_post("/v1/players", create_player)
+    app.router.add_post("/v1/deposits", create_deposit)
+    app.router.add_post("/v1/psp/{psp}/webhooks", psp_webhook)
+    app.router.add_get("/v1/wallets", get_wallets)
+    if services is not None:
+        app[SERVICES] = services
+    else:
+        app.cleanup_ctx.append(_connect)
+    return app
+
+
+async def _connect(app: web.Application):  # type: ignore[no-untyped-def]
+    settings = app[SETTINGS]
+    await migrate(settings.database_url)
+    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=8)
+    redis_client = aioredis.Redis.from_url(settings.redis_url)
+    bus = CommandBus(settings, redis_client)
+    await bus.start()
+    app[SERVICES] = Services(
+        bus=bus,
+        cache=RedisWalletCache(redis_client),
+        routes=PostgresDepositRoutes(pool),
+        signatures=RedisSignatureGuard(redis_client),
+        redis_client=redis_client,
+        pool=pool,
+    )
+    log.info("Bankroll API listening on http://%s:%d", settings.http_host, settings.http_port)
+    yield
+    await bus.stop()
+    await redis_client.aclose()
+    await pool.close()
+
+
+def main() -> None:
+    settings = load_settings()
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    web.run_app(
+        create_web_app(settings), host=settings.http_host, port=settings.http_port, print=None, access_log=None
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,18 @@
+"""Prometheus metrics shared by the web and worker processes."""
+from prometheus_client import Counter, Histogram
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+HTTP_SECONDS = Histogram(
+    "bankroll_http_request_seconds", "HTTP request latency", ["route", "method", "status"], buckets=_LATENCY_BUCKETS
+)
+HTTP_ERRORS = Counter("bankroll_http_errors_total", "HTTP error responses by code", ["code"])
+REPLY_TIMEOUTS = Counter("bankroll_reply_timeouts_total", "Requests whose agent result did not arrive in time")
+AGENT_SECONDS = Histogram(
+    "bankroll_agent_command_seconds", "Time the wallet agent spends on one command", ["kind"],
+    buckets=_LATENCY_BUCKETS,
+)
+LEDGER_FLUSH_SECONDS = Histogram(
+    "bankroll_ledger_flush_seconds", "Time to commit one batch to PostgreSQL", buckets=_LATENCY_BUCKETS
+)
+LEDGER_FLUSH_ROWS = Counter("bankroll_ledger_rows_total", "Ledger rows committed to PostgreSQL")

@@ -1,0 +1,42 @@
+"""Redis adapters: the wallet snapshot cache and the signature replay guard."""
+from __future__ import annotations
+
+import redis.asyncio as aioredis
+
+# Store the snapshot only when it is not older than the cached one, so a late write from
+# a worker that just lost the partition cannot roll a balance back.
+_PUT_IF_NEWER = """
+local current = redis.call('HGET', KEYS[1], 'version')
+if current and tonumber(current) > tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'version', ARGV[1], 'json', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+
+
+def wallet_cache_key(tenant_id: str, player_id: str) -> str:
+    return f"bankroll:wallet:{tenant_id}:{player_id}"
+
+
+class RedisWalletCache:
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._client = client
+        self._put = client.register_script(_PUT_IF_NEWER)
+
+    async def put(self, tenant_id: str, player_id: str, version: int, snapshot_json: str, ttl_s: int) -> bool:
+        stored = await self._put(keys=[wallet_cache_key(tenant_id, player_id)], args=[version, snapshot_json, ttl_s])
+        return bool(stored)
+
+    async def get(self, tenant_id: str, player_id: str) -> str | None:
+        value = await self._client.hget(wallet_cache_key(tenant_id, player_id), "json")
+        return value.decode() if isinstance(value, bytes) else value
+
+
+class RedisSignatureGuard:
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._client = client
+
+    async def first_use(self, signature: str, ttl_s: int) -> bool:
+        return bool(await self._client.set(f"bankroll:sig:{signature}", b"1", nx=True, ex=ttl_s))
