@@ -10,17 +10,19 @@ import logging
 import os
 import socket
 import sys
+from typing import Awaitable, Callable
 
 import asyncpg
 import redis.asyncio as aioredis
 
 from agents.ledger_flush import run_ledger_flush
 from agents.wallet import WalletAgentDeps, handle_wallet_message
-from app.streaming import WALLET_COMMANDS, BankrollApp, create_streams
+from app.streaming import WALLET_COMMANDS, BankrollApp, Streams, create_streams, topic_name
 from config import Settings, load_settings
 from storage.postgres.migrate import migrate
-from storage.postgres.stores import PostgresLedgerStore
-from storage.redis.stores import RedisWalletCache
+from storage.postgres.stores import PostgresLedgerStore, create_pool
+from storage.ports import LedgerStore, WalletCache
+from storage.redis.stores import RedisWalletCache, connect as connect_redis
 
 log = logging.getLogger("bankroll.worker")
 
@@ -29,7 +31,8 @@ WORKER_HEARTBEAT_TTL_S = 5
 
 
 class WorkerResources:
-    """Connections a worker opens once, lazily, on the event loop Faust runs."""
+    """Connections a worker opens once, lazily, on the event loop Faust runs.
+    Agent tests pass a subclass with in-memory adapters instead."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -39,38 +42,52 @@ class WorkerResources:
 
     async def redis(self) -> aioredis.Redis:
         if self._redis is None:
-            self._redis = aioredis.Redis.from_url(self.settings.redis_url)
+            self._redis = connect_redis(self.settings.redis_url)
         return self._redis
 
-    async def ledger_store(self) -> PostgresLedgerStore:
+    async def wallet_cache(self) -> WalletCache:
+        return RedisWalletCache(await self.redis())
+
+    def postings_sender(self, streams: Streams) -> Callable[[bytes, bytes], Awaitable[None]]:
+        async def send_postings(key: bytes, value: bytes) -> None:
+            await streams.ledger_postings.send(key=key, value=value)
+
+        return send_postings
+
+    async def publish(self, channel: str, payload: bytes) -> None:
+        await (await self.redis()).publish(channel, payload)
+
+    async def announce(self, worker_id: str, partitions: list[int]) -> None:
+        await (await self.redis()).set(
+            WORKER_KEY_PREFIX + worker_id,
+            json.dumps({"worker_id": worker_id, "partitions": partitions}),
+            ex=WORKER_HEARTBEAT_TTL_S,
+        )
+
+    async def ledger_store(self) -> LedgerStore:
         async with self._lock:
             if self._pool is None:
                 await migrate(self.settings.database_url)
-                self._pool = await asyncpg.create_pool(self.settings.database_url, min_size=1, max_size=4)
+                self._pool = await create_pool(self.settings.database_url, max_size=4)
         return PostgresLedgerStore(self._pool)
 
 
-def build_worker(settings: Settings, worker_id: str | None = None) -> BankrollApp:
+def build_worker(
+    settings: Settings, worker_id: str | None = None, resources: WorkerResources | None = None
+) -> BankrollApp:
     streams = create_streams(settings)
     app = streams.app
-    resources = WorkerResources(settings)
+    resources = resources or WorkerResources(settings)
+    commands_topic = topic_name(settings, WALLET_COMMANDS)
     worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
 
     @app.agent(streams.wallet_commands, name="wallet")
     async def wallet_agent(stream):  # type: ignore[no-untyped-def]
-        client = await resources.redis()
-
-        async def send_postings(key: bytes, value: bytes) -> None:
-            await streams.ledger_postings.send(key=key, value=value)
-
-        async def publish_reply(channel: str, payload: bytes) -> None:
-            await client.publish(channel, payload)
-
         deps = WalletAgentDeps(
             table=streams.wallets,
-            send_postings=send_postings,
-            publish_reply=publish_reply,
-            cache=RedisWalletCache(client),
+            send_postings=resources.postings_sender(streams),
+            publish_reply=resources.publish,
+            cache=await resources.wallet_cache(),
             cache_ttl_s=settings.wallet_cache_ttl_s,
             retention_ms=settings.idempotency_retention_s * 1000,
         )
@@ -86,13 +103,8 @@ def build_worker(settings: Settings, worker_id: str | None = None) -> BankrollAp
     @app.timer(1.0)
     async def heartbeat() -> None:
         # /ready asks whether every partition of the command topic has an owner.
-        assigned = sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == WALLET_COMMANDS)
-        client = await resources.redis()
-        await client.set(
-            WORKER_KEY_PREFIX + worker_id,
-            json.dumps({"worker_id": worker_id, "partitions": assigned}),
-            ex=WORKER_HEARTBEAT_TTL_S,
-        )
+        assigned = sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == commands_topic)
+        await resources.announce(worker_id, assigned)
 
     return app
 
@@ -100,7 +112,9 @@ def build_worker(settings: Settings, worker_id: str | None = None) -> BankrollAp
 def main() -> None:
     settings = load_settings()
     app = build_worker(settings)
-    sys.argv = [sys.argv[0], "worker", "--loglevel", settings.log_level]
+    faust_level = {"warning": "warn"}.get(settings.log_level, settings.log_level)
+    # Faust's own web server is not used: Bankroll's HTTP API is a separate process.
+    sys.argv = [sys.argv[0], "worker", "--loglevel", faust_level, "--without-web"]
     app.main()
 
 

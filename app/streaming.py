@@ -14,6 +14,10 @@ LEDGER_POSTINGS = "ledger.postings"
 WALLET_TABLE = "wallets"
 
 
+def topic_name(settings: Settings, name: str) -> str:
+    return settings.topic_prefix + name
+
+
 class _TunedConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
@@ -53,6 +57,7 @@ def create_streams(settings: Settings, *, app_id: str | None = None) -> Streams:
         app_id or settings.faust_app_id,
         broker=settings.kafka_url,
         store="memory://",
+        datadir=str(settings.run_dir / "faust"),
         web_enabled=False,
         autodiscover=False,
         topic_partitions=settings.topic_partitions,
@@ -65,7 +70,7 @@ def create_streams(settings: Settings, *, app_id: str | None = None) -> Streams:
         broker_rebalance_timeout=settings.broker_rebalance_timeout_s,
         broker_request_timeout=settings.broker_request_timeout_s,
         broker_commit_interval=settings.broker_commit_interval_s,
-        producer_linger_ms=settings.producer_linger_ms,
+        producer_linger_ms=settings.worker_producer_linger_ms,
         # Tables are rebuilt from their changelog on every assignment; standbys would
         # double the changelog reading on a two-core machine for no gain in recovery.
         table_standby_replicas=0,
@@ -73,15 +78,16 @@ def create_streams(settings: Settings, *, app_id: str | None = None) -> Streams:
     )
     app.fetch_max_wait_ms = settings.consumer_fetch_max_wait_ms
     wallet_commands = app.topic(
-        WALLET_COMMANDS, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
+        topic_name(settings, WALLET_COMMANDS), key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
         partitions=settings.topic_partitions,
     )
     ledger_postings = app.topic(
-        LEDGER_POSTINGS, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
+        topic_name(settings, LEDGER_POSTINGS), key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
         partitions=settings.topic_partitions,
     )
+    # bytes key and value types make Faust use the raw codec for the changelog, both when
+    # writing and when recovering; the value is the msgpack record of app.domain.wallet.codec.
     wallets = app.Table(
-        WALLET_TABLE, default=None, partitions=settings.topic_partitions,
-        schema=faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"),
+        WALLET_TABLE, default=None, partitions=settings.topic_partitions, key_type=bytes, value_type=bytes,
     )
     return Streams(app=app, wallet_commands=wallet_commands, ledger_postings=ledger_postings, wallets=wallets)

@@ -55,6 +55,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("HTTP_HOST", "127.0.0.1", "Interface the HTTP API binds to."),
     Setting("HTTP_PORT", "8080", "Port of the HTTP API."),
     Setting("FAUST_APP_ID", "bankroll", "Faust application id: consumer group and changelog topic prefix."),
+    Setting("TOPIC_PREFIX", "", "Prefix of every topic name, to keep environments apart on one broker."),
     Setting("TOPIC_PARTITIONS", "8", "Partitions of every Bankroll topic (fixed once topics exist)."),
     Setting("CONSUMER_FETCH_MAX_WAIT_MS", "20", "Longest a fetch waits on the broker for new data (Faust hard-codes 1500)."),
     Setting("BROKER_SESSION_TIMEOUT_S", "6", "Consumer group session timeout; a dead worker's partitions move after this."),
@@ -62,7 +63,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("BROKER_REBALANCE_TIMEOUT_S", "10", "How long a rebalance may take before members are dropped."),
     Setting("BROKER_REQUEST_TIMEOUT_S", "30", "Broker request timeout (must exceed the session timeout)."),
     Setting("BROKER_COMMIT_INTERVAL_S", "0.5", "How often processed offsets are committed."),
-    Setting("PRODUCER_LINGER_MS", "1", "How long the producer waits to batch messages."),
+    Setting("PRODUCER_LINGER_MS", "1", "How long the web's producer waits to batch commands (adds to request latency)."),
+    Setting("WORKER_PRODUCER_LINGER_MS", "10", "How long a worker's producer batches changelog and posting writes (not awaited by requests)."),
     Setting("REPLY_TIMEOUT_MS", "5000", "How long an HTTP request waits for its agent's result before 504."),
     Setting("WALLET_CACHE_TTL_S", "30", "TTL of the Redis wallet snapshot."),
     Setting("IDEMPOTENCY_RETENTION_S", "259200", "How long operation ids and their results are kept (72 h minimum)."),
@@ -122,6 +124,7 @@ class Settings:
     http_host: str
     http_port: int
     faust_app_id: str
+    topic_prefix: str
     topic_partitions: int
     consumer_fetch_max_wait_ms: int
     broker_session_timeout_s: float
@@ -130,6 +133,7 @@ class Settings:
     broker_request_timeout_s: float
     broker_commit_interval_s: float
     producer_linger_ms: int
+    worker_producer_linger_ms: int
     reply_timeout_ms: int
     wallet_cache_ttl_s: int
     idempotency_retention_s: int
@@ -171,6 +175,7 @@ class Settings:
             http_host=get("HTTP_HOST"),
             http_port=_positive_int("HTTP_PORT", get("HTTP_PORT")),
             faust_app_id=get("FAUST_APP_ID"),
+            topic_prefix=get("TOPIC_PREFIX"),
             topic_partitions=_positive_int("TOPIC_PARTITIONS", get("TOPIC_PARTITIONS")),
             consumer_fetch_max_wait_ms=_positive_int("CONSUMER_FETCH_MAX_WAIT_MS", get("CONSUMER_FETCH_MAX_WAIT_MS")),
             broker_session_timeout_s=_positive_seconds("BROKER_SESSION_TIMEOUT_S", get("BROKER_SESSION_TIMEOUT_S")),
@@ -183,6 +188,7 @@ class Settings:
             broker_request_timeout_s=_positive_seconds("BROKER_REQUEST_TIMEOUT_S", get("BROKER_REQUEST_TIMEOUT_S")),
             broker_commit_interval_s=_positive_seconds("BROKER_COMMIT_INTERVAL_S", get("BROKER_COMMIT_INTERVAL_S")),
             producer_linger_ms=int(get("PRODUCER_LINGER_MS")),
+            worker_producer_linger_ms=int(get("WORKER_PRODUCER_LINGER_MS")),
             reply_timeout_ms=_positive_int("REPLY_TIMEOUT_MS", get("REPLY_TIMEOUT_MS")),
             wallet_cache_ttl_s=_positive_int("WALLET_CACHE_TTL_S", get("WALLET_CACHE_TTL_S")),
             idempotency_retention_s=_positive_int("IDEMPOTENCY_RETENTION_S", get("IDEMPOTENCY_RETENTION_S")),
@@ -204,8 +210,8 @@ class Settings:
             raise SettingsError("BROKER_HEARTBEAT_INTERVAL_S must be below BROKER_SESSION_TIMEOUT_S")
         if self.idempotency_retention_s < 72 * 3600:
             raise SettingsError("IDEMPOTENCY_RETENTION_S must keep keys at least 72 hours (259200 s)")
-        if self.producer_linger_ms < 0:
-            raise SettingsError("PRODUCER_LINGER_MS must not be negative")
+        if self.producer_linger_ms < 0 or self.worker_producer_linger_ms < 0:
+            raise SettingsError("PRODUCER_LINGER_MS and WORKER_PRODUCER_LINGER_MS must not be negative")
         if not self.api_keys:
             raise SettingsError("API_KEYS must name at least one key")
         if self.log_level not in {"debug", "info", "warning", "error"}:

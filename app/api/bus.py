@@ -19,7 +19,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExists
 
 from app.messages import CommandEnvelope, decode_reply
 from app.metrics import REPLY_TIMEOUTS
-from app.streaming import LEDGER_POSTINGS, WALLET_COMMANDS
+from app.streaming import LEDGER_POSTINGS, WALLET_COMMANDS, topic_name
 from config import Settings
 
 log = logging.getLogger("bankroll.bus")
@@ -44,7 +44,7 @@ async def ensure_topics(settings: Settings, timeout_s: float = 60.0) -> None:
             existing = set(await admin.list_topics())
             missing = [
                 NewTopic(name, settings.topic_partitions, 1)
-                for name in (WALLET_COMMANDS, LEDGER_POSTINGS)
+                for name in (topic_name(settings, WALLET_COMMANDS), topic_name(settings, LEDGER_POSTINGS))
                 if name not in existing
             ]
             if missing:
@@ -68,6 +68,7 @@ class CommandBus:
         self._redis = redis_client
         self.channel = f"bankroll:replies:{uuid.uuid4().hex}"
         self._pending: dict[str, asyncio.Future] = {}
+        self._commands_topic = topic_name(settings, WALLET_COMMANDS)
         self._producer: AIOKafkaProducer | None = None
         self._pubsub = None
         self._listener: asyncio.Task | None = None
@@ -121,7 +122,7 @@ class CommandBus:
             kind=command_kind, reply_to=self.channel, request_id=request_id, payload=payload, **envelope_fields
         )
         try:
-            delivery = await self._producer.send(WALLET_COMMANDS, envelope.encode(), key=key)
+            delivery = await self._producer.send(self._commands_topic, envelope.encode(), key=key)
             try:
                 return await asyncio.wait_for(future, self._settings.reply_timeout_ms / 1000)
             except asyncio.TimeoutError:

@@ -31,6 +31,7 @@ STATUS: dict[str, int] = {
     "method_not_allowed": 405,
     "timeout": 504,
     "unavailable": 503,
+    "internal_error": 500,
 }
 
 

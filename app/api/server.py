@@ -13,6 +13,7 @@ from typing import Awaitable, Callable
 
 import asyncpg
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -27,8 +28,8 @@ from app.metrics import HTTP_ERRORS, HTTP_SECONDS
 from config import Settings, load_settings
 from storage.ports import DepositRoutes, SignatureGuard, WalletCache
 from storage.postgres.migrate import migrate
-from storage.postgres.stores import PostgresDepositRoutes
-from storage.redis.stores import RedisSignatureGuard, RedisWalletCache
+from storage.postgres.stores import PostgresDepositRoutes, create_pool
+from storage.redis.stores import RedisSignatureGuard, RedisWalletCache, connect as connect_redis
 
 log = logging.getLogger("bankroll.web")
 
@@ -81,9 +82,13 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         response = error("invalid_request", str(exc))
     except ReplyTimeout:
         response = error("timeout", "the operation did not complete in time; retry with the same idempotency key")
-    except ConnectionError as exc:
+    except (ConnectionError, OSError, RedisError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         log.warning("dependency unavailable: %r", exc)
         response = error("unavailable", "a dependency is unavailable; retry with the same idempotency key")
+    except Exception:
+        # A bug: logged with its traceback, answered in the documented error shape.
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        response = error("internal_error", "internal error")
     if response.status >= 400 and response.content_type == "application/json":
         try:
             HTTP_ERRORS.labels(json.loads(response.body)["error"]["code"]).inc()
@@ -159,10 +164,16 @@ async def create_deposit(request: web.Request) -> web.Response:
     )
     idempotency_key = v.ident(body, "idempotency_key", required=False) or command.deposit_id
     tenant_id = request["tenant_id"]
-    owner = await _services(request).routes.claim(tenant_id, command.deposit_id, command.player_id)
-    if owner != command.player_id:
+    routes = _services(request).routes
+    owner = await routes.lookup(tenant_id, command.deposit_id)
+    if owner not in (None, command.player_id):
         return error("deposit_exists", "a deposit with this id belongs to another player")
-    return await _dispatch(request, tenant_id, command.player_id, command, f"deposit:{idempotency_key}", body)
+    response = await _dispatch(request, tenant_id, command.player_id, command, f"deposit:{idempotency_key}", body)
+    # The route is written only for an accepted deposit, and before the 202 goes out: the
+    # client tells its PSP about the deposit after the 202, so every webhook finds it.
+    if response.status == 202 and await routes.claim(tenant_id, command.deposit_id, command.player_id) != command.player_id:
+        return error("deposit_exists", "a deposit with this id belongs to another player")
+    return response
 
 
 async def psp_webhook(request: web.Request) -> web.Response:
@@ -272,8 +283,8 @@ def create_web_app(settings: Settings, services: Services | None = None) -> web.
 async def _connect(app: web.Application):  # type: ignore[no-untyped-def]
     settings = app[SETTINGS]
     await migrate(settings.database_url)
-    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=8)
-    redis_client = aioredis.Redis.from_url(settings.redis_url)
+    pool = await create_pool(settings.database_url, max_size=8)
+    redis_client = connect_redis(settings.redis_url)
     bus = CommandBus(settings, redis_client)
     await bus.start()
     app[SERVICES] = Services(

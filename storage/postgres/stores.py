@@ -25,6 +25,15 @@ SET next_offset = GREATEST(stream_positions.next_offset, EXCLUDED.next_offset), 
 """
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Bankroll's queries leave no session state behind, so the pool's default reset on
+    every release (UNLISTEN, RESET ALL, advisory unlock) is pure overhead."""
+
+
+async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 8) -> asyncpg.Pool:
+    return await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, reset=_keep_session)
+
+
 def _ms_to_dt(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
 

@@ -40,3 +40,9 @@ class RedisSignatureGuard:
 
     async def first_use(self, signature: str, ttl_s: int) -> bool:
         return bool(await self._client.set(f"bankroll:sig:{signature}", b"1", nx=True, ex=ttl_s))
+
+
+def connect(url: str, max_connections: int = 64) -> aioredis.Redis:
+    """A client whose pool waits for a free connection instead of failing under load."""
+    pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=5)
+    return aioredis.Redis(connection_pool=pool)

@@ -214,9 +214,11 @@ def decide(state: WalletState, command: Command, ctx: Context) -> Decision:
         raise InvariantViolation(f"unknown wallet command {type(command).__name__}")
 
     check_postings(postings)
+    if not outcome.ok:
+        # A rejection changes nothing, not even the record of operation ids: a retry is
+        # decided again, which is safe because a rejection moved no money.
+        return Decision(outcome, (), ())
     record = OperationRecord(ctx.request_hash, str(outcome.code), outcome.body, ctx.now_ms, postings)
-    # Rejections are recorded too, so a retried request gets the same answer even after
-    # the state that caused the rejection has changed.
     events = events + (OperationRecorded(ctx.operation_key, record, ctx.now_ms - ctx.retention_ms),)
     return Decision(outcome, events, postings)
 

@@ -1,0 +1,185 @@
+"""Runs Bankroll for the integration and end-to-end tests.
+
+Each service whose URL is set (KAFKA_URL, DATABASE_URL, REDIS_URL) is used as it is,
+with a fresh database, tenant, Faust app id and topic prefix per run so earlier runs
+cannot leak in; each one that is not set is started embedded on a free port, exactly
+as `make run` starts it."""
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from config import Settings
+from config.settings import REPO_ROOT, load_settings, process_environment
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"nothing listens on port {port} after {timeout_s} s")
+
+
+class Stack:
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.run_id = uuid.uuid4().hex[:10]
+        self.tenant_id = f"t{self.run_id}"
+        self.services: dict[str, subprocess.Popen] = {}
+        self.workers: dict[str, subprocess.Popen] = {}
+        self.web: subprocess.Popen | None = None
+        base = load_settings()
+        self.env = process_environment(base)
+        self.env.update({
+            "BANKROLL_RUN_DIR": str(workdir / "run"),
+            "FAUST_APP_ID": f"bankroll-{self.run_id}",
+            "TOPIC_PREFIX": f"test-{self.run_id}." if not base.kafka_embedded else "",
+            "TOPIC_PARTITIONS": "4",
+            "API_KEYS": f"dev:dev-secret:{self.tenant_id},other:other-secret:other-{self.run_id}",
+            "PSP_SECRETS": f"sandbox:sandbox-secret:{self.tenant_id}",
+            "HTTP_PORT": str(free_port()),
+            "LOG_LEVEL": "warning",
+            "PYTHONUNBUFFERED": "1",
+        })
+        self._base = base
+
+    @property
+    def settings(self) -> Settings:
+        return Settings.from_env(self.env)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.env['HTTP_PORT']}"
+
+    # ------------------------------------------------------------ services
+
+    def start_services(self) -> None:
+        if self._base.kafka_embedded:
+            port = free_port()
+            self.env["EMBEDDED_KAFKA_PORT"] = str(port)
+            self.env["KAFKA_URL"] = f"kafka://127.0.0.1:{port}"
+            self._spawn_service("broker", port)
+        if self._base.redis_embedded:
+            port = free_port()
+            self.env["EMBEDDED_REDIS_PORT"] = str(port)
+            self.env["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
+            self._spawn_service("redis", port)
+        if self._base.postgres_embedded:
+            port = free_port()
+            self.env["EMBEDDED_POSTGRES_PORT"] = str(port)
+            self.env["DATABASE_URL"] = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+            self._spawn_service("postgres", port)
+            asyncio.run(self._wait_for_postgres(self.env["DATABASE_URL"]))
+        else:
+            self.env["DATABASE_URL"] = asyncio.run(self._create_database(self._base.database_url))
+
+    def _spawn_service(self, name: str, port: int) -> None:
+        log = open(self.workdir / f"{name}.log", "wb")
+        self.services[name] = subprocess.Popen(
+            [sys.executable, "-m", "app.embedded", name], cwd=REPO_ROOT, env=self.env, stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        wait_for_port(port)
+
+    @staticmethod
+    async def _wait_for_postgres(dsn: str) -> None:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                conn = await asyncpg.connect(dsn)
+                await conn.close()
+                return
+            except (OSError, asyncpg.PostgresError):
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
+
+    async def _create_database(self, dsn: str) -> str:
+        name = f"bankroll_test_{self.run_id}"
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+        parts = urlsplit(dsn)
+        return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+
+    # ------------------------------------------------------------ bankroll processes
+
+    def start_worker(self, name: str = "worker-1") -> subprocess.Popen:
+        log = open(self.workdir / f"{name}.log", "ab")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "agents.worker"], cwd=REPO_ROOT, env=self.env, stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        self.workers[name] = proc
+        return proc
+
+    def kill_worker(self, name: str) -> None:
+        proc = self.workers.pop(name)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+    def start_web(self) -> None:
+        log = open(self.workdir / "web.log", "ab")
+        self.web = subprocess.Popen(
+            [sys.executable, "-m", "app.api.server"], cwd=REPO_ROOT, env=self.env, stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+    def ready(self) -> dict:
+        try:
+            with urllib.request.urlopen(self.base_url + "/ready", timeout=3) as resp:
+                return json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return json.loads(exc.read())
+        except OSError:
+            return {"ready": False}
+
+    def wait_ready(self, timeout_s: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.ready().get("ready"):
+                return
+            for name, proc in self.workers.items():
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{name} exited: {self.log_tail(name)}")
+            time.sleep(0.3)
+        raise TimeoutError(f"Bankroll not ready after {timeout_s} s: {self.ready()}\n{self.log_tail('web')}")
+
+    def log_tail(self, name: str, lines: int = 40) -> str:
+        path = self.workdir / f"{name}.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+    def stop(self) -> None:
+        procs = list(self.workers.values()) + ([self.web] if self.web else []) + list(self.services.values())
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
