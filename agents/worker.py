@@ -75,6 +75,9 @@ class WorkerResources:
 def build_worker(
     settings: Settings, worker_id: str | None = None, resources: WorkerResources | None = None
 ) -> BankrollApp:
+    # Faust creates its datadir without parents; the run dir exists only when an embedded
+    # service made it.
+    settings.run_dir.mkdir(parents=True, exist_ok=True)
     streams = create_streams(settings)
     app = streams.app
     resources = resources or WorkerResources(settings)
