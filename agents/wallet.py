@@ -14,7 +14,7 @@ from typing import Awaitable, Callable, MutableMapping
 from app.domain.wallet.codec import decode_state, encode_state
 from app.domain.wallet.core import Context, WalletResult, WalletState, decide, evolve, wallet_view
 from app.messages import READ_WALLET, CommandEnvelope, encode_postings, encode_reply
-from app.metrics import AGENT_SECONDS
+from app.metrics import AGENT_SECONDS, POISON_MESSAGES
 from storage.ports import WalletCache
 
 log = logging.getLogger("bankroll.wallet")
@@ -40,7 +40,14 @@ def load_state(table: MutableMapping[bytes, bytes], key: bytes, tenant_id: str) 
 
 async def handle_wallet_message(deps: WalletAgentDeps, key: bytes, value: bytes) -> None:
     started = time.perf_counter()
-    envelope = CommandEnvelope.decode(value)
+    try:
+        envelope = CommandEnvelope.decode(value)
+    except Exception as exc:
+        # A message no Bankroll process could have written. Stopping here would stall every
+        # player on the partition behind it, so it is counted, logged and passed over.
+        POISON_MESSAGES.inc()
+        log.error("skipping undecodable wallet command (key %r): %r", key, exc)
+        return
     state = load_state(deps.table, key, envelope.tenant_id)
 
     if envelope.kind == READ_WALLET:

@@ -14,6 +14,7 @@ from typing import Awaitable, Callable
 
 import asyncpg
 import redis.asyncio as aioredis
+from prometheus_client import start_http_server
 
 from agents.ledger_flush import run_ledger_flush
 from agents.wallet import WalletAgentDeps, handle_wallet_message
@@ -22,11 +23,10 @@ from config import Settings, load_settings
 from storage.postgres.migrate import migrate
 from storage.postgres.stores import PostgresLedgerStore, create_pool
 from storage.ports import LedgerStore, WalletCache
-from storage.redis.stores import RedisWalletCache, connect as connect_redis
+from storage.redis.stores import RedisWalletCache, connect as connect_redis, worker_key_prefix
 
 log = logging.getLogger("bankroll.worker")
 
-WORKER_KEY_PREFIX = "bankroll:worker:"
 WORKER_HEARTBEAT_TTL_S = 5
 
 
@@ -57,10 +57,10 @@ class WorkerResources:
     async def publish(self, channel: str, payload: bytes) -> None:
         await (await self.redis()).publish(channel, payload)
 
-    async def announce(self, worker_id: str, partitions: list[int]) -> None:
+    async def announce(self, worker_id: str, partitions: list[int], metrics_url: str) -> None:
         await (await self.redis()).set(
-            WORKER_KEY_PREFIX + worker_id,
-            json.dumps({"worker_id": worker_id, "partitions": partitions}),
+            worker_key_prefix(self.settings.faust_app_id) + worker_id,
+            json.dumps({"worker_id": worker_id, "partitions": partitions, "metrics_url": metrics_url}),
             ex=WORKER_HEARTBEAT_TTL_S,
         )
 
@@ -73,7 +73,10 @@ class WorkerResources:
 
 
 def build_worker(
-    settings: Settings, worker_id: str | None = None, resources: WorkerResources | None = None
+    settings: Settings,
+    worker_id: str | None = None,
+    resources: WorkerResources | None = None,
+    metrics_url: str = "",
 ) -> BankrollApp:
     # Faust creates its datadir without parents; the run dir exists only when an embedded
     # service made it.
@@ -107,14 +110,16 @@ def build_worker(
     async def heartbeat() -> None:
         # /ready asks whether every partition of the command topic has an owner.
         assigned = sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == commands_topic)
-        await resources.announce(worker_id, assigned)
+        await resources.announce(worker_id, assigned, metrics_url)
 
     return app
 
 
 def main() -> None:
     settings = load_settings()
-    app = build_worker(settings)
+    server, _ = start_http_server(settings.worker_metrics_port, addr=settings.http_host)
+    metrics_url = f"http://{settings.http_host}:{server.server_port}/metrics"
+    app = build_worker(settings, metrics_url=metrics_url)
     faust_level = {"warning": "warn"}.get(settings.log_level, settings.log_level)
     # Faust's own web server is not used: Bankroll's HTTP API is a separate process.
     sys.argv = [sys.argv[0], "worker", "--loglevel", faust_level, "--without-web"]

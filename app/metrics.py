@@ -15,4 +15,5 @@ AGENT_SECONDS = Histogram(
 LEDGER_FLUSH_SECONDS = Histogram(
     "bankroll_ledger_flush_seconds", "Time to commit one batch to PostgreSQL", buckets=_LATENCY_BUCKETS
 )
+POISON_MESSAGES = Counter("bankroll_poison_messages_total", "Undecodable messages skipped by an agent")
 LEDGER_FLUSH_ROWS = Counter("bankroll_ledger_rows_total", "Ledger rows committed to PostgreSQL")

@@ -74,7 +74,6 @@ def create_streams(settings: Settings, *, app_id: str | None = None) -> Streams:
         # Tables are rebuilt from their changelog on every assignment; standbys would
         # double the changelog reading on a two-core machine for no gain in recovery.
         table_standby_replicas=0,
-        stream_wait_empty=False,
     )
     app.fetch_max_wait_ms = settings.consumer_fetch_max_wait_ms
     wallet_commands = app.topic(

@@ -74,6 +74,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("API_KEYS", "dev:dev-secret:dev", "Service API keys as `key:secret:tenant`, comma separated."),
     Setting("PSP_SECRETS", "sandbox:sandbox-secret:dev", "PSP webhook secrets as `psp:secret:tenant`, comma separated."),
     Setting("WORKER_COUNT", "1", "Faust workers `make run` starts (they split the partitions)."),
+    Setting("WORKER_METRICS_PORT", "0", "Port of each worker's Prometheus endpoint (0: any free port; see /ready)."),
     Setting("LOG_LEVEL", "info", "Log level of every process."),
 )
 
@@ -85,6 +86,16 @@ def _positive_int(name: str, raw: str) -> int:
         raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
     if value <= 0:
         raise SettingsError(f"{name} must be positive, got {value}")
+    return value
+
+
+def _non_negative_int(name: str, raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+    if value < 0:
+        raise SettingsError(f"{name} must not be negative, got {value}")
     return value
 
 
@@ -143,6 +154,7 @@ class Settings:
     api_keys: tuple[ApiKey, ...]
     psp_secrets: tuple[PspCredential, ...]
     worker_count: int
+    worker_metrics_port: int
     log_level: str
 
     @classmethod
@@ -187,8 +199,8 @@ class Settings:
             ),
             broker_request_timeout_s=_positive_seconds("BROKER_REQUEST_TIMEOUT_S", get("BROKER_REQUEST_TIMEOUT_S")),
             broker_commit_interval_s=_positive_seconds("BROKER_COMMIT_INTERVAL_S", get("BROKER_COMMIT_INTERVAL_S")),
-            producer_linger_ms=int(get("PRODUCER_LINGER_MS")),
-            worker_producer_linger_ms=int(get("WORKER_PRODUCER_LINGER_MS")),
+            producer_linger_ms=_non_negative_int("PRODUCER_LINGER_MS", get("PRODUCER_LINGER_MS")),
+            worker_producer_linger_ms=_non_negative_int("WORKER_PRODUCER_LINGER_MS", get("WORKER_PRODUCER_LINGER_MS")),
             reply_timeout_ms=_positive_int("REPLY_TIMEOUT_MS", get("REPLY_TIMEOUT_MS")),
             wallet_cache_ttl_s=_positive_int("WALLET_CACHE_TTL_S", get("WALLET_CACHE_TTL_S")),
             idempotency_retention_s=_positive_int("IDEMPOTENCY_RETENTION_S", get("IDEMPOTENCY_RETENTION_S")),
@@ -198,6 +210,7 @@ class Settings:
             api_keys=tuple(ApiKey(k, s, t) for k, s, t in _triples("API_KEYS", get("API_KEYS"))),
             psp_secrets=tuple(PspCredential(n, s, t) for n, s, t in _triples("PSP_SECRETS", get("PSP_SECRETS"))),
             worker_count=_positive_int("WORKER_COUNT", get("WORKER_COUNT")),
+            worker_metrics_port=_non_negative_int("WORKER_METRICS_PORT", get("WORKER_METRICS_PORT")),
             log_level=get("LOG_LEVEL").lower(),
         )
         settings.validate()
@@ -210,8 +223,6 @@ class Settings:
             raise SettingsError("BROKER_HEARTBEAT_INTERVAL_S must be below BROKER_SESSION_TIMEOUT_S")
         if self.idempotency_retention_s < 72 * 3600:
             raise SettingsError("IDEMPOTENCY_RETENTION_S must keep keys at least 72 hours (259200 s)")
-        if self.producer_linger_ms < 0 or self.worker_producer_linger_ms < 0:
-            raise SettingsError("PRODUCER_LINGER_MS and WORKER_PRODUCER_LINGER_MS must not be negative")
         if not self.api_keys:
             raise SettingsError("API_KEYS must name at least one key")
         if self.log_level not in {"debug", "info", "warning", "error"}:

@@ -29,7 +29,7 @@ from config import Settings, load_settings
 from storage.ports import DepositRoutes, SignatureGuard, WalletCache
 from storage.postgres.migrate import migrate
 from storage.postgres.stores import PostgresDepositRoutes, create_pool
-from storage.redis.stores import RedisSignatureGuard, RedisWalletCache, connect as connect_redis
+from storage.redis.stores import RedisSignatureGuard, RedisWalletCache, connect as connect_redis, worker_key_prefix
 
 log = logging.getLogger("bankroll.web")
 
@@ -239,10 +239,15 @@ async def ready(request: web.Request) -> web.Response:
     try:
         checks["redis"] = bool(await asyncio.wait_for(services.redis.ping(), 2.0))
         owned: set[int] = set()
-        async for key in services.redis.scan_iter(match="bankroll:worker:*"):
+        workers = []
+        async for key in services.redis.scan_iter(match=worker_key_prefix(settings.faust_app_id) + "*"):
             raw = await services.redis.get(key)
             if raw:
-                owned.update(json.loads(raw)["partitions"])
+                info = json.loads(raw)
+                owned.update(info["partitions"])
+                workers.append({"worker_id": info["worker_id"], "partitions": info["partitions"],
+                                "metrics_url": info.get("metrics_url", "")})
+        checks["workers"] = sorted(workers, key=lambda w: w["worker_id"])
         missing = sorted(set(range(settings.topic_partitions)) - owned)
         checks["partitions_assigned"] = not missing
         if missing:

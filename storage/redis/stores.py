@@ -16,6 +16,12 @@ return 1
 """
 
 
+def worker_key_prefix(app_id: str) -> str:
+    """Worker heartbeats (partitions owned, metrics URL), per Faust app so deployments
+    sharing one Redis do not mix."""
+    return f"bankroll:worker:{app_id}:"
+
+
 def wallet_cache_key(tenant_id: str, player_id: str) -> str:
     return f"bankroll:wallet:{tenant_id}:{player_id}"
 

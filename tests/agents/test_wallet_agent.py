@@ -31,7 +31,7 @@ class MemoryResources(WorkerResources):
     async def publish(self, channel: str, payload: bytes) -> None:
         self.replies.append((channel, payload))
 
-    async def announce(self, worker_id: str, partitions: list[int]) -> None:
+    async def announce(self, worker_id: str, partitions: list[int], metrics_url: str) -> None:
         pass
 
     async def ledger_store(self):
@@ -81,3 +81,23 @@ async def test_wallet_agent_decides_stores_and_emits():
         assert len(sent) == 2 and sent[0] == sent[1]
         assert [(p.leg, p.amount_minor) for p in sent[0]] == [(0, 5_000), (1, 100)]
 
+
+
+async def test_an_undecodable_message_is_skipped_not_fatal():
+    from agents.wallet import WalletAgentDeps, handle_wallet_message
+    from app.metrics import POISON_MESSAGES
+
+    replies: list = []
+
+    async def publish(channel: str, payload: bytes) -> None:
+        replies.append(payload)
+
+    async def send(key: bytes, value: bytes) -> None:
+        raise AssertionError("nothing may be emitted for a poison message")
+
+    deps = WalletAgentDeps(table={}, send_postings=send, publish_reply=publish, cache=MemoryWalletCache(),
+                           cache_ttl_s=30, retention_ms=1)
+    before = POISON_MESSAGES._value.get()
+    await handle_wallet_message(deps, b"dev|p1", b"\xc1 not msgpack")
+    assert POISON_MESSAGES._value.get() == before + 1
+    assert deps.table == {} and replies == []

@@ -8,6 +8,7 @@ import time
 import pytest
 import redis.asyncio as aioredis
 
+from storage.redis.stores import worker_key_prefix
 from tests.e2e.helpers import Ledger, cash, create_player, deposit, uid, webhook_body
 
 pytestmark = pytest.mark.integration
@@ -17,7 +18,7 @@ async def worker_partitions(stack) -> dict[str, list[int]]:
     client = aioredis.Redis.from_url(stack.env["REDIS_URL"])
     try:
         out = {}
-        async for key in client.scan_iter(match="bankroll:worker:*"):
+        async for key in client.scan_iter(match=worker_key_prefix(stack.settings.faust_app_id) + "*"):
             raw = await client.get(key)
             if raw:
                 info = json.loads(raw)

@@ -1,0 +1,24 @@
+"""Faust wiring: the consumer Faust builds carries our fetch wait, not its hard-coded 1500 ms."""
+from app.streaming import create_streams
+from config import Settings
+
+
+async def test_worker_consumer_uses_the_configured_fetch_wait():
+    settings = Settings.from_env({"CONSUMER_FETCH_MAX_WAIT_MS": "7", "TOPIC_PARTITIONS": "2"})
+    app = create_streams(settings).app
+    thread = app.consumer._thread
+    consumer = thread._create_worker_consumer(app.transport)
+    try:
+        assert consumer._fetch_max_wait_ms == 7
+        assert consumer._session_timeout_ms == int(settings.broker_session_timeout_s * 1000)
+        assert consumer._heartbeat_interval_ms == int(settings.broker_heartbeat_interval_s * 1000)
+    finally:
+        await consumer.stop()
+
+
+def test_topics_and_table_follow_the_settings():
+    streams = create_streams(Settings.from_env({"TOPIC_PREFIX": "staging.", "TOPIC_PARTITIONS": "3"}))
+    assert streams.wallet_commands.get_topic_name() == "staging.wallet.commands"
+    assert streams.ledger_postings.get_topic_name() == "staging.ledger.postings"
+    assert streams.wallets.partitions == 3
+    assert (streams.wallets.key_serializer, streams.wallets.value_serializer) == ("raw", "raw")
