@@ -9,6 +9,14 @@ _CURRENCY = re.compile(r"^[A-Z]{3}$")
 MAX_AMOUNT_MINOR = 10**15
 
 
+# ISO 4217 minor-unit exponents that differ from the usual 2.
+_EXPONENTS = {"JPY": 0, "KRW": 0, "CLP": 0, "ISK": 0, "VND": 0, "BHD": 3, "KWD": 3, "JOD": 3, "OMR": 3, "TND": 3}
+
+
+def minor_exponent(currency: str) -> int:
+    return _EXPONENTS.get(currency, 2)
+
+
 def is_currency(value: object) -> bool:
     return isinstance(value, str) and bool(_CURRENCY.match(value))
 

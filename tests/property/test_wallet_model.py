@@ -92,7 +92,9 @@ class WalletMachine(RuleBasedStateMachine):
         code = self.run(ApplyPspResult("sandbox", event_id, deposit_id, status, amount, currency, fee), key, request)
         if known:
             return
-        if entry is None:
+        if not self.model.registered:
+            expected = WalletResult.PLAYER_NOT_FOUND
+        elif entry is None:
             expected = WalletResult.DEPOSIT_NOT_FOUND
         elif entry[1] != "PENDING":
             expected = WalletResult.DEPOSIT_ALREADY_FINAL

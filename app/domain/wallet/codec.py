@@ -1,18 +1,22 @@
 """msgpack encoding of the wallet record, the value of the changelogged `wallets` table.
 
 Plain lists and maps, field by field, so the record stays readable by any msgpack tool
-and a renamed Python attribute cannot silently change the stored format."""
+and a renamed Python attribute cannot silently change the stored format. Format 1
+records (before holds, withdrawals, bonuses and limits existed) still decode."""
 from __future__ import annotations
 
 import msgpack
 
 from app.domain.ledger import Posting
-from app.domain.wallet.core import OperationRecord, PendingDeposit, WalletState
+from app.domain.wallet.state import (
+    Bonus, Hold, Limits, OperationRecord, PendingDeposit, WalletState, Withdrawal,
+)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def encode_state(state: WalletState) -> bytes:
+    limits = state.limits
     return msgpack.packb(
         {
             "v": FORMAT_VERSION,
@@ -23,8 +27,29 @@ def encode_state(state: WalletState) -> bytes:
             "country": state.country,
             "balances": state.balances,
             "deposits": {
-                d.deposit_id: [d.amount_minor, d.currency, d.method, d.state] for d in state.deposits.values()
+                d.deposit_id: [d.amount_minor, d.currency, d.method, d.state, d.closed_at_ms]
+                for d in state.deposits.values()
             },
+            "holds": {
+                h.hold_id: [h.kind, h.ref, h.currency, h.amount_minor, [list(s) for s in h.sources], h.expires_at_ms,
+                            h.policy, h.provider, h.captured_minor, h.state, h.closed_at_ms]
+                for h in state.holds.values()
+            },
+            "withdrawals": {
+                w.withdrawal_id: [w.amount_minor, w.currency, w.method, w.destination, w.state, w.hold_id,
+                                  w.created_at_ms, w.closed_at_ms]
+                for w in state.withdrawals.values()
+            },
+            "bonuses": {
+                b.bonus_id: [b.currency, b.amount_minor, b.wager_required_minor, b.expires_at_ms, b.state,
+                             b.closed_at_ms]
+                for b in state.bonuses.values()
+            },
+            "limits": [limits.values, {k: list(v) for k, v in limits.pending.items()}, limits.cool_off_until_ms,
+                       limits.self_excluded_until_ms],
+            "usage": state.usage,
+            "session": [state.session_started_ms, state.last_bet_ms],
+            "kyc": [state.kyc_status, state.aml_hold],
             "ops": {
                 key: [r.request_hash, r.code, r.body, r.at_ms, [p.to_wire() for p in r.postings]]
                 for key, r in state.operations.items()
@@ -37,8 +62,11 @@ def encode_state(state: WalletState) -> bytes:
 
 def decode_state(raw: bytes) -> WalletState:
     d = msgpack.unpackb(raw, raw=False, strict_map_key=False)
-    if d.get("v") != FORMAT_VERSION:
+    if d.get("v") not in (1, FORMAT_VERSION):
         raise ValueError(f"unknown wallet record format {d.get('v')!r}")
+    values, pending, cool_off, excluded = d.get("limits", [{}, {}, 0, 0])
+    session_started, last_bet = d.get("session", [0, 0])
+    kyc_status, aml_hold = d.get("kyc", ["PENDING", False])
     return WalletState(
         tenant_id=d["tenant"],
         player_id=d["player"],
@@ -47,6 +75,20 @@ def decode_state(raw: bytes) -> WalletState:
         country=d["country"],
         balances=dict(d["balances"]),
         deposits={k: PendingDeposit(k, *v) for k, v in d["deposits"].items()},
+        holds={
+            k: Hold(k, kind, ref, cur, amount, tuple((w, a) for w, a in sources), expires, policy, provider,
+                    captured, state, closed)
+            for k, (kind, ref, cur, amount, sources, expires, policy, provider, captured, state, closed)
+            in d.get("holds", {}).items()
+        },
+        withdrawals={k: Withdrawal(k, *v) for k, v in d.get("withdrawals", {}).items()},
+        bonuses={k: Bonus(k, *v) for k, v in d.get("bonuses", {}).items()},
+        limits=Limits(dict(values), {k: (v[0], v[1]) for k, v in pending.items()}, cool_off, excluded),
+        usage=dict(d.get("usage", {})),
+        session_started_ms=session_started,
+        last_bet_ms=last_bet,
+        kyc_status=kyc_status,
+        aml_hold=aml_hold,
         operations={
             key: OperationRecord(h, code, body, at_ms, tuple(Posting.from_wire(p) for p in postings))
             for key, (h, code, body, at_ms, postings) in d["ops"].items()

@@ -1,33 +1,35 @@
-"""The wallet aggregate: one record per (tenant, player) holding balances, pending
-deposits and recent operation ids, so a single changelog write carries all of them.
+"""The wallet aggregate: commands, result codes, events, and the pure functions
 
-    decide(state, command, ctx) -> Decision(result, events, postings)
+    decide(state, command, ctx) -> Decision(outcome, events, postings, audit)
     evolve(state, events) -> state
 
-Both are pure: time and retention come in through ``ctx``; nothing here awaits or reads
-a clock. Replaying a command whose operation id is already recorded returns the
-recorded result and re-emits the recorded postings, because the first run's outputs may
-never have left the process (at-least-once delivery; the ledger dedupes on
-(operation_id, leg)).
+Time, retention, limits and rates come in through the command and ``ctx``; nothing here
+awaits or reads a clock. Replaying a command whose operation id is already recorded
+returns the recorded result and re-emits the recorded postings, because the first run's
+outputs may never have left the process (at-least-once delivery; the ledger dedupes on
+(operation_id, leg)). A rejection changes nothing, not even the record of operation ids.
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from enum import StrEnum
-from typing import Union
+from typing import Callable, Union
 
+from app.domain.audit import AuditRecord
 from app.domain.errors import InvariantViolation
-from app.domain.ledger import (
-    WALLET_TYPES,
-    Posting,
-    account_deltas,
-    check_postings,
-    player_account,
-    system_account,
+from app.domain.ledger import WALLET_TYPES, Posting, account_deltas, check_postings, player_account, system_account
+from app.domain.money import MAX_AMOUNT_MINOR, minor_exponent
+from app.domain.wallet.calendar import MINUTE_MS, PERIODS, period_key
+from app.domain.wallet.policies import SPEND_POLICIES, SpendSource, describe, plan_spend
+from app.domain.wallet.state import (
+    Bonus, Hold, Limits, OperationRecord, PendingDeposit, WalletState, Withdrawal,
 )
 
 PLAYER_WALLETS = tuple(t for t in WALLET_TYPES if t != "HOLD")
+LIMIT_KINDS = ("deposit", "bet", "loss")
+SESSION_IDLE_MS = 30 * MINUTE_MS  # a pause this long ends a playing session
 
 
 class WalletResult(StrEnum):
@@ -43,51 +45,43 @@ class WalletResult(StrEnum):
     DEPOSIT_ALREADY_FINAL = "deposit_already_final"
     AMOUNT_MISMATCH = "amount_mismatch"
     FEE_EXCEEDS_AMOUNT = "fee_exceeds_amount"
+    INSUFFICIENT_FUNDS = "insufficient_funds"
+    POLICY_NOT_FOUND = "policy_not_found"
+    BET_EXISTS = "bet_exists"
+    BET_NOT_FOUND = "bet_not_found"
+    BET_ALREADY_SETTLED = "bet_already_settled"
+    HOLD_NOT_FOUND = "hold_not_found"
+    HOLD_NOT_OPEN = "hold_not_open"
+    CAPTURE_EXCEEDS_HOLD = "capture_exceeds_hold"
+    INVALID_PAYOUT = "invalid_payout"
+    WITHDRAWAL_EXISTS = "withdrawal_exists"
+    WITHDRAWAL_NOT_FOUND = "withdrawal_not_found"
+    WITHDRAWAL_ALREADY_FINAL = "withdrawal_already_final"
+    BONUS_EXISTS = "bonus_exists"
+    SAME_CURRENCY = "same_currency"
+    INVALID_RATE = "invalid_rate"
+    AMOUNT_TOO_SMALL = "amount_too_small"
+    CANNOT_SHORTEN_EXCLUSION = "cannot_shorten_exclusion"
+    # Refusals by responsible gaming, anti-fraud and compliance: always audited.
+    DEPOSIT_LIMIT_EXCEEDED = "deposit_limit_exceeded"
+    BET_LIMIT_EXCEEDED = "bet_limit_exceeded"
+    LOSS_LIMIT_EXCEEDED = "loss_limit_exceeded"
+    SESSION_LIMIT_EXCEEDED = "session_limit_exceeded"
+    COOL_OFF_ACTIVE = "cool_off_active"
+    SELF_EXCLUDED = "self_excluded"
+    KYC_REQUIRED = "kyc_required"
+    AML_HOLD = "aml_hold"
+    VELOCITY_LIMIT_EXCEEDED = "velocity_limit_exceeded"
+    DESTINATION_BLOCKED = "destination_blocked"
 
 
 SUCCESS = frozenset({WalletResult.CREATED, WalletResult.ACCEPTED, WalletResult.OK})
-
-
-# ---------------------------------------------------------------- state
-
-@dataclass(frozen=True, slots=True)
-class OperationRecord:
-    request_hash: str
-    code: str
-    body: dict
-    at_ms: int
-    # The postings the operation produced, kept so a replay can re-emit them.
-    postings: tuple[Posting, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class PendingDeposit:
-    deposit_id: str
-    amount_minor: int
-    currency: str
-    method: str
-    state: str  # PENDING | SUCCEEDED | FAILED
-
-
-@dataclass(frozen=True, slots=True)
-class WalletState:
-    tenant_id: str
-    player_id: str
-    registered: bool = False
-    currency: str = ""
-    country: str = ""
-    # "CASH:EUR" -> available minor units. Every player wallet exists from registration.
-    balances: dict[str, int] = field(default_factory=dict)
-    deposits: dict[str, PendingDeposit] = field(default_factory=dict)
-    operations: dict[str, OperationRecord] = field(default_factory=dict)
-    version: int = 0
-
-    @classmethod
-    def empty(cls, tenant_id: str, player_id: str) -> "WalletState":
-        return cls(tenant_id=tenant_id, player_id=player_id)
-
-    def balance(self, wallet_type: str, currency: str) -> int:
-        return self.balances.get(f"{wallet_type}:{currency}", 0)
+AUDITED_REFUSALS = frozenset({
+    WalletResult.DEPOSIT_LIMIT_EXCEEDED, WalletResult.BET_LIMIT_EXCEEDED, WalletResult.LOSS_LIMIT_EXCEEDED,
+    WalletResult.SESSION_LIMIT_EXCEEDED, WalletResult.COOL_OFF_ACTIVE, WalletResult.SELF_EXCLUDED,
+    WalletResult.KYC_REQUIRED, WalletResult.AML_HOLD, WalletResult.VELOCITY_LIMIT_EXCEEDED,
+    WalletResult.DESTINATION_BLOCKED,
+})
 
 
 # ---------------------------------------------------------------- commands
@@ -97,6 +91,23 @@ class CreatePlayer:
     player_id: str
     currency: str
     country: str
+
+
+@dataclass(frozen=True, slots=True)
+class SetLimits:
+    """Amount limits as ((kind, period, minor units or None to remove), ...)."""
+
+    amounts: tuple[tuple[str, str, int | None], ...] = ()
+    session_minutes: int | None = None
+    clear_session: bool = False
+    cool_off_until_ms: int = 0
+    self_excluded_until_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SetPlayerStatus:
+    kyc_status: str
+    aml_hold: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,18 +132,133 @@ class ApplyPspResult:
     fee_minor: int
 
 
-Command = Union[CreatePlayer, RequestDeposit, ApplyPspResult]
+@dataclass(frozen=True, slots=True)
+class PlaceBet:
+    bet_id: str
+    amount_minor: int
+    currency: str
+    policy: str
+    provider: str = "house"
+
+
+@dataclass(frozen=True, slots=True)
+class SettleBet:
+    bet_id: str
+    result: str  # WIN | LOSS
+    payout_minor: int
+
+
+@dataclass(frozen=True, slots=True)
+class CancelBet:
+    bet_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureHold:
+    hold_id: str
+    amount_minor: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseHold:
+    hold_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class RequestWithdrawal:
+    withdrawal_id: str
+    amount_minor: int
+    currency: str
+    method: str
+    destination: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyWithdrawalResult:
+    psp: str
+    event_id: str
+    withdrawal_id: str
+    status: str  # SUCCEEDED | FAILED
+    amount_minor: int
+    currency: str
+    fee_minor: int
+
+
+@dataclass(frozen=True, slots=True)
+class GrantBonus:
+    bonus_id: str
+    amount_minor: int
+    currency: str
+    wager_required_minor: int
+    expires_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConvertFx:
+    conversion_id: str
+    wallet: str
+    from_currency: str
+    to_currency: str
+    amount_minor: int
+    rate: str  # decimal string: units of to_currency per unit of from_currency
+    rate_valid_from_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Adjust:
+    """A correction: a new posting with a reason, never an edit of an old one."""
+
+    adjustment_id: str
+    wallet: str
+    currency: str
+    amount_minor: int  # signed: positive credits the player
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PlayRound:
+    """A game round streamed in by a game server: stake and win in one operation."""
+
+    round_id: str
+    provider: str
+    bet_minor: int
+    win_minor: int
+    currency: str
+    policy: str
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Time passing: expire due holds and bonuses. Sent by the worker's timer."""
+
+
+Command = Union[
+    CreatePlayer, SetLimits, SetPlayerStatus, RequestDeposit, ApplyPspResult, PlaceBet, SettleBet, CancelBet,
+    CaptureHold, ReleaseHold, RequestWithdrawal, ApplyWithdrawalResult, GrantBonus, ConvertFx, Adjust, PlayRound,
+    Tick,
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """Operator policy the decisions apply; built from the settings, passed in."""
+
+    bet_hold_ttl_ms: int = 120_000
+    withdrawal_hold_ttl_ms: int = 24 * 3_600_000
+    limit_increase_delay_ms: int = 24 * 3_600_000
+    max_deposits_per_hour: int = 20
+    max_withdrawals_per_hour: int = 5
+    blocked_destinations: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
 class Context:
-    """Everything a decision needs from outside: passed in, never read inside."""
-
     tenant_id: str
-    operation_key: str  # idempotency key, scoped to the tenant
+    operation_key: str  # idempotency key, scoped to the tenant; "" for internal commands
     request_hash: str
     now_ms: int
     retention_ms: int
+    rules: Rules = field(default_factory=Rules)
 
 
 # ---------------------------------------------------------------- events
@@ -144,14 +270,46 @@ class PlayerRegistered:
 
 
 @dataclass(frozen=True, slots=True)
-class DepositRequested:
+class DepositUpdated:
     deposit: PendingDeposit
 
 
 @dataclass(frozen=True, slots=True)
-class DepositSettled:
-    deposit_id: str
-    state: str
+class HoldUpdated:
+    hold: Hold
+
+
+@dataclass(frozen=True, slots=True)
+class WithdrawalUpdated:
+    withdrawal: Withdrawal
+
+
+@dataclass(frozen=True, slots=True)
+class BonusUpdated:
+    bonus: Bonus
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsSet:
+    limits: Limits
+
+
+@dataclass(frozen=True, slots=True)
+class PlayerStatusSet:
+    kyc_status: str
+    aml_hold: bool
+
+
+@dataclass(frozen=True, slots=True)
+class UsageChanged:
+    deltas: tuple[tuple[str, int], ...]
+    stale: tuple[str, ...]  # counters of periods that are over
+
+
+@dataclass(frozen=True, slots=True)
+class SessionTouched:
+    started_ms: int
+    last_bet_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +324,10 @@ class OperationRecorded:
     prune_before_ms: int
 
 
-Event = Union[PlayerRegistered, DepositRequested, DepositSettled, BalancesChanged, OperationRecorded]
+Event = Union[
+    PlayerRegistered, DepositUpdated, HoldUpdated, WithdrawalUpdated, BonusUpdated, LimitsSet, PlayerStatusSet,
+    UsageChanged, SessionTouched, BalancesChanged, OperationRecorded,
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,125 +343,652 @@ class Outcome:
 @dataclass(frozen=True, slots=True)
 class Decision:
     outcome: Outcome
-    events: tuple[Event, ...]
-    postings: tuple[Posting, ...]
+    events: tuple[Event, ...] = ()
+    postings: tuple[Posting, ...] = ()
+    audit: tuple[AuditRecord, ...] = ()
     replayed: bool = False
 
 
-# ---------------------------------------------------------------- decide
+# ---------------------------------------------------------------- helpers
 
-def _reject(code: WalletResult, message: str) -> Outcome:
-    return Outcome(code, {"error": {"code": str(code), "message": message}})
+def _reject(code: WalletResult, message: str) -> Decision:
+    return Decision(Outcome(code, {"error": {"code": str(code), "message": message}}))
 
 
-def decide(state: WalletState, command: Command, ctx: Context) -> Decision:
-    recorded = state.operations.get(ctx.operation_key)
-    if recorded is not None:
-        if recorded.request_hash != ctx.request_hash:
-            outcome = _reject(
-                WalletResult.IDEMPOTENCY_CONFLICT,
-                "this idempotency key was already used with a different request",
+def _refuse(state: WalletState, ctx: Context, code: WalletResult, message: str, **detail: object) -> Decision:
+    """A rejection that compliance must see later: the decision carries an audit record."""
+    decision = _reject(code, message)
+    audit = AuditRecord(
+        tenant_id=ctx.tenant_id,
+        audit_id=f"{ctx.operation_key}:{ctx.request_hash[:16]}:{ctx.now_ms}:{code}",
+        player_id=state.player_id,
+        kind="refusal",
+        code=str(code),
+        created_at_ms=ctx.now_ms,
+        detail={"message": message, **detail},
+    )
+    return dataclasses.replace(decision, audit=(audit,))
+
+
+class _Legs:
+    """Collects the legs of one operation and turns them into postings."""
+
+    def __init__(self, state: WalletState, ctx: Context, operation_id: str, reason: str) -> None:
+        self.state, self.ctx, self.operation_id, self.reason = state, ctx, operation_id, reason
+        self.legs: list[tuple[str, str, int, str, str]] = []
+
+    def player(self, wallet: str, currency: str) -> str:
+        return player_account(self.state.player_id, wallet, currency)
+
+    def add(self, debit: str, credit: str, amount_minor: int, currency: str, category: str) -> None:
+        if amount_minor:
+            self.legs.append((debit, credit, amount_minor, currency, category))
+
+    def balances_after(self, balances: dict[str, int]) -> dict[str, int]:
+        """The player's balances once the legs so far are applied."""
+        out = dict(balances)
+        prefix = f"player:{self.state.player_id}:"
+        for debit, credit, amount, _, _ in self.legs:
+            if debit.startswith(prefix):
+                out[debit[len(prefix):]] = out.get(debit[len(prefix):], 0) - amount
+            if credit.startswith(prefix):
+                out[credit[len(prefix):]] = out.get(credit[len(prefix):], 0) + amount
+        return out
+
+    def postings(self) -> tuple[Posting, ...]:
+        return tuple(
+            Posting(
+                tenant_id=self.ctx.tenant_id, operation_id=self.operation_id, leg=i, debit_account=debit,
+                credit_account=credit, amount_minor=amount, currency=currency, category=category,
+                created_at_ms=self.ctx.now_ms, reason=self.reason, player_id=self.state.player_id,
             )
-            return Decision(outcome, (), ())
-        return Decision(Outcome(WalletResult(recorded.code), recorded.body), (), recorded.postings, replayed=True)
-
-    if isinstance(command, CreatePlayer):
-        outcome, events, postings = _create_player(state, command)
-    elif isinstance(command, RequestDeposit):
-        outcome, events, postings = _request_deposit(state, command)
-    elif isinstance(command, ApplyPspResult):
-        outcome, events, postings = _apply_psp_result(state, command, ctx)
-    else:
-        raise InvariantViolation(f"unknown wallet command {type(command).__name__}")
-
-    check_postings(postings)
-    if not outcome.ok:
-        # A rejection changes nothing, not even the record of operation ids: a retry is
-        # decided again, which is safe because a rejection moved no money.
-        return Decision(outcome, (), ())
-    record = OperationRecord(ctx.request_hash, str(outcome.code), outcome.body, ctx.now_ms, postings)
-    events = events + (OperationRecorded(ctx.operation_key, record, ctx.now_ms - ctx.retention_ms),)
-    return Decision(outcome, events, postings)
-
-
-def _create_player(state: WalletState, cmd: CreatePlayer):
-    body = {"player_id": cmd.player_id, "currency": cmd.currency, "country": cmd.country}
-    if state.registered:
-        if (state.currency, state.country) == (cmd.currency, cmd.country):
-            return Outcome(WalletResult.CREATED, body), (), ()
-        return (
-            _reject(WalletResult.PLAYER_EXISTS_WITH_DIFFERENT_DETAILS, "the player exists with another currency or country"),
-            (),
-            (),
+            for i, (debit, credit, amount, currency, category) in enumerate(self.legs)
         )
-    return Outcome(WalletResult.CREATED, body), (PlayerRegistered(cmd.currency, cmd.country),), ()
-
-
-def _request_deposit(state: WalletState, cmd: RequestDeposit):
-    if not state.registered:
-        return _reject(WalletResult.PLAYER_NOT_FOUND, "no such player"), (), ()
-    if cmd.currency != state.currency:
-        return _reject(WalletResult.CURRENCY_NOT_SUPPORTED, f"the player's wallets are in {state.currency}"), (), ()
-    if cmd.deposit_id in state.deposits:
-        return _reject(WalletResult.DEPOSIT_EXISTS, "a deposit with this id exists under another idempotency key"), (), ()
-    deposit = PendingDeposit(cmd.deposit_id, cmd.amount_minor, cmd.currency, cmd.method, "PENDING")
-    body = {"deposit_id": cmd.deposit_id, "state": "PENDING"}
-    return Outcome(WalletResult.ACCEPTED, body), (DepositRequested(deposit),), ()
-
-
-def _apply_psp_result(state: WalletState, cmd: ApplyPspResult, ctx: Context):
-    deposit = state.deposits.get(cmd.deposit_id)
-    if deposit is None:
-        return _reject(WalletResult.DEPOSIT_NOT_FOUND, "no such deposit"), (), ()
-    if deposit.state != "PENDING":
-        return _reject(WalletResult.DEPOSIT_ALREADY_FINAL, f"the deposit is already {deposit.state}"), (), ()
-    if (cmd.amount_minor, cmd.currency) != (deposit.amount_minor, deposit.currency):
-        return _reject(WalletResult.AMOUNT_MISMATCH, "amount or currency differ from the deposit"), (), ()
-    if cmd.status == "FAILED":
-        body = {"deposit_id": deposit.deposit_id, "state": "FAILED"}
-        return Outcome(WalletResult.OK, body), (DepositSettled(deposit.deposit_id, "FAILED"),), ()
-    if cmd.fee_minor > cmd.amount_minor:
-        return _reject(WalletResult.FEE_EXCEEDS_AMOUNT, "the fee is larger than the deposit"), (), ()
-
-    cash = player_account(state.player_id, "CASH", deposit.currency)
-    operation_id = f"deposit:{deposit.deposit_id}"
-    legs = [
-        (system_account("PSP_SETTLEMENT", deposit.currency, cmd.psp), cash, deposit.amount_minor, "deposit"),
-    ]
-    if cmd.fee_minor:
-        legs.append((cash, system_account("PSP_FEES", deposit.currency, cmd.psp), cmd.fee_minor, "deposit_fee"))
-    postings = tuple(
-        Posting(
-            tenant_id=ctx.tenant_id,
-            operation_id=operation_id,
-            leg=i,
-            debit_account=debit,
-            credit_account=credit,
-            amount_minor=amount,
-            currency=deposit.currency,
-            category=category,
-            created_at_ms=ctx.now_ms,
-            reason=f"psp {cmd.psp} event {cmd.event_id}",
-            player_id=state.player_id,
-        )
-        for i, (debit, credit, amount, category) in enumerate(legs)
-    )
-    net_minor = deposit.amount_minor - cmd.fee_minor
-    body = {"deposit_id": deposit.deposit_id, "state": "SUCCEEDED", "credited": net_minor}
-    events = (
-        DepositSettled(deposit.deposit_id, "SUCCEEDED"),
-        BalancesChanged(_player_deltas(state.player_id, postings)),
-    )
-    return Outcome(WalletResult.OK, body), events, postings
 
 
 def _player_deltas(player_id: str, postings: tuple[Posting, ...]) -> tuple[tuple[str, int], ...]:
     prefix = f"player:{player_id}:"
-    out = []
-    for account, delta in sorted(account_deltas(postings).items()):
-        if account.startswith(prefix) and delta:
-            out.append((account[len(prefix):], delta))
+    return tuple(
+        (account[len(prefix):], delta)
+        for account, delta in sorted(account_deltas(postings).items())
+        if account.startswith(prefix) and delta
+    )
+
+
+def _money_events(state: WalletState, postings: tuple[Posting, ...]) -> tuple[Event, ...]:
+    deltas = _player_deltas(state.player_id, postings)
+    return (BalancesChanged(deltas),) if deltas else ()
+
+
+def _usage(state: WalletState, now_ms: int, *changes: tuple[str, str, int]) -> UsageChanged:
+    """Counter deltas for (kind, period, delta); counters of past periods are dropped."""
+    deltas = tuple((f"{kind}:{period_key(period, now_ms)}", delta) for kind, period, delta in changes if delta)
+    current = {f"{kind}:{period_key(period, now_ms)}" for kind in ("deposit", "bet", "loss") for period in PERIODS}
+    current |= {f"{kind}:{period_key('hour', now_ms)}" for kind in ("deposits", "withdrawals")}
+    stale = tuple(key for key in state.usage if key not in current)
+    return UsageChanged(deltas, stale)
+
+
+def _used(state: WalletState, kind: str, period: str, now_ms: int) -> int:
+    return state.usage.get(f"{kind}:{period_key(period, now_ms)}", 0)
+
+
+def _exclusion(state: WalletState, ctx: Context) -> Decision | None:
+    if state.limits.self_excluded_until_ms > ctx.now_ms:
+        return _refuse(state, ctx, WalletResult.SELF_EXCLUDED, "the player is self-excluded",
+                       until_ms=state.limits.self_excluded_until_ms)
+    if state.limits.cool_off_until_ms > ctx.now_ms:
+        return _refuse(state, ctx, WalletResult.COOL_OFF_ACTIVE, "the player is in a cool-off period",
+                       until_ms=state.limits.cool_off_until_ms)
+    return None
+
+
+def _limit_check(state: WalletState, ctx: Context, kind: str, amount_minor: int, code: WalletResult) -> Decision | None:
+    for period in PERIODS:
+        limit = state.limits.effective(f"{kind}:{period}", ctx.now_ms)
+        used = _used(state, kind, period, ctx.now_ms)
+        if limit is not None and used + amount_minor > limit:
+            return _refuse(state, ctx, code, f"the {period}ly {kind} limit would be exceeded",
+                           period=period, limit_minor=limit, used_minor=used, requested_minor=amount_minor)
+    return None
+
+
+def _stake_checks(state: WalletState, ctx: Context, stake_minor: int) -> Decision | None:
+    """Responsible-gaming checks before any stake is taken."""
+    refused = _exclusion(state, ctx)
+    if refused is None:
+        refused = _limit_check(state, ctx, "bet", stake_minor, WalletResult.BET_LIMIT_EXCEEDED)
+    if refused is None:
+        refused = _limit_check(state, ctx, "loss", stake_minor, WalletResult.LOSS_LIMIT_EXCEEDED)
+    if refused is None:
+        session_limit = state.limits.effective("session:minutes", ctx.now_ms)
+        started = _session_start(state, ctx.now_ms)
+        if session_limit is not None and ctx.now_ms - started >= session_limit * MINUTE_MS:
+            refused = _refuse(state, ctx, WalletResult.SESSION_LIMIT_EXCEEDED, "the session time limit is reached",
+                              limit_minutes=session_limit, session_started_ms=started)
+    return refused
+
+
+def _session_start(state: WalletState, now_ms: int) -> int:
+    if state.last_bet_ms and now_ms - state.last_bet_ms < SESSION_IDLE_MS:
+        return state.session_started_ms
+    return now_ms
+
+
+def _take_stake(legs: _Legs, sources: tuple[SpendSource, ...], currency: str) -> None:
+    hold = legs.player("HOLD", currency)
+    for source in sources:
+        if source.via:
+            legs.add(legs.player(source.wallet, currency), legs.player(source.via, currency), source.amount_minor,
+                     currency, "policy_move")
+            legs.add(legs.player(source.via, currency), hold, source.amount_minor, currency, "hold")
+        else:
+            legs.add(legs.player(source.wallet, currency), hold, source.amount_minor, currency, "hold")
+
+
+def _hold_sources(sources: tuple[SpendSource, ...]) -> tuple[tuple[str, int], ...]:
+    return tuple((s.wallet, s.amount_minor) for s in sources)
+
+
+def _consume(hold: Hold, amount_minor: int) -> tuple[tuple[str, int], ...]:
+    """The hold's remaining sources after capturing amount_minor, front to back."""
+    left, out = amount_minor, []
+    for wallet, amount in hold.sources:
+        take = min(amount, left)
+        left -= take
+        if amount - take:
+            out.append((wallet, amount - take))
     return tuple(out)
+
+
+def _release_legs(legs: _Legs, hold: Hold, category: str) -> None:
+    for wallet, amount in hold.sources:
+        legs.add(legs.player("HOLD", hold.currency), legs.player(wallet, hold.currency), amount, hold.currency,
+                 category)
+
+
+def _turnover(state: WalletState, ctx: Context, legs: _Legs, stake_minor: int, currency: str,
+              balances_after: dict[str, int]) -> tuple[Event, ...]:
+    """Count a settled stake against active bonuses; once every active bonus in the
+    currency has met its requirement, the bonus balance converts to cash."""
+    active = [b for b in state.bonuses.values() if b.state == "ACTIVE" and b.currency == currency]
+    if not active or stake_minor <= 0:
+        return ()
+    events: list[Event] = []
+    left = stake_minor
+    updated = []
+    for bonus in sorted(active, key=lambda b: (b.expires_at_ms, b.bonus_id)):
+        counted = min(left, bonus.wager_required_minor)
+        left -= counted
+        updated.append(dataclasses.replace(bonus, wager_required_minor=bonus.wager_required_minor - counted))
+    if all(b.wager_required_minor == 0 for b in updated):
+        convertible = balances_after.get(f"BONUS:{currency}", 0)
+        legs.add(legs.player("BONUS", currency), legs.player("CASH", currency), convertible, currency,
+                 "bonus_conversion")
+        updated = [dataclasses.replace(b, state="CONVERTED", closed_at_ms=ctx.now_ms) for b in updated]
+    events.extend(BonusUpdated(b) for b in updated)
+    return tuple(events)
+
+
+# ---------------------------------------------------------------- decide
+
+def decide(state: WalletState, command: Command, ctx: Context) -> Decision:
+    recorded = state.operations.get(ctx.operation_key) if ctx.operation_key else None
+    if recorded is not None:
+        if recorded.request_hash != ctx.request_hash:
+            return _reject(WalletResult.IDEMPOTENCY_CONFLICT,
+                           "this idempotency key was already used with a different request")
+        return Decision(Outcome(WalletResult(recorded.code), recorded.body), (), recorded.postings, replayed=True)
+
+    handler = _HANDLERS.get(type(command))
+    if handler is None:
+        raise InvariantViolation(f"unknown wallet command {type(command).__name__}")
+    if not state.registered and not isinstance(command, (CreatePlayer, Tick)):
+        return _reject(WalletResult.PLAYER_NOT_FOUND, "no such player")
+    decision = handler(state, command, ctx)
+    check_postings(decision.postings)
+    if not decision.outcome.ok or not ctx.operation_key:
+        return decision
+    record = OperationRecord(ctx.request_hash, str(decision.outcome.code), decision.outcome.body, ctx.now_ms,
+                             decision.postings)
+    return dataclasses.replace(
+        decision,
+        events=decision.events + (OperationRecorded(ctx.operation_key, record, ctx.now_ms - ctx.retention_ms),),
+    )
+
+
+def _create_player(state: WalletState, cmd: CreatePlayer, ctx: Context) -> Decision:
+    body = {"player_id": cmd.player_id, "currency": cmd.currency, "country": cmd.country}
+    if state.registered:
+        if (state.currency, state.country) == (cmd.currency, cmd.country):
+            return Decision(Outcome(WalletResult.CREATED, body))
+        return _reject(WalletResult.PLAYER_EXISTS_WITH_DIFFERENT_DETAILS,
+                       "the player exists with another currency or country")
+    return Decision(Outcome(WalletResult.CREATED, body), (PlayerRegistered(cmd.currency, cmd.country),))
+
+
+def _set_limits(state: WalletState, cmd: SetLimits, ctx: Context) -> Decision:
+    current = state.limits
+    if (0 < cmd.cool_off_until_ms < current.cool_off_until_ms
+            or 0 < cmd.self_excluded_until_ms < current.self_excluded_until_ms):
+        return _reject(WalletResult.CANNOT_SHORTEN_EXCLUSION, "a cool-off or self-exclusion can only be extended")
+    values, pending = dict(current.values), dict(current.pending)
+    # Settle pending changes that are already in force, then apply the new ones: a lower
+    # limit at once, a higher or removed one after the cooling period.
+    for key, (value, effective_ms) in list(pending.items()):
+        if ctx.now_ms >= effective_ms:
+            del pending[key]
+            if value is None:
+                values.pop(key, None)
+            else:
+                values[key] = value
+    requested = [(f"{kind}:{period}", value) for kind, period, value in cmd.amounts]
+    if cmd.session_minutes is not None or cmd.clear_session:
+        requested.append(("session:minutes", None if cmd.clear_session else cmd.session_minutes))
+    for key, value in requested:
+        old = values.get(key)
+        if value is not None and (old is None or value <= old):
+            values[key] = value
+            pending.pop(key, None)
+        elif value != old:
+            pending[key] = (value, ctx.now_ms + ctx.rules.limit_increase_delay_ms)
+    limits = Limits(
+        values=values, pending=pending,
+        cool_off_until_ms=max(current.cool_off_until_ms, cmd.cool_off_until_ms),
+        self_excluded_until_ms=max(current.self_excluded_until_ms, cmd.self_excluded_until_ms),
+    )
+    audit = AuditRecord(ctx.tenant_id, f"{ctx.operation_key}:{ctx.now_ms}:limits", state.player_id, "limits_changed",
+                        "limits_set", ctx.now_ms, {"requested": [[k, v] for k, v in requested],
+                                                   "cool_off_until_ms": limits.cool_off_until_ms,
+                                                   "self_excluded_until_ms": limits.self_excluded_until_ms})
+    return Decision(Outcome(WalletResult.OK, limits_view(limits, ctx.now_ms)), (LimitsSet(limits),), (), (audit,))
+
+
+def _set_status(state: WalletState, cmd: SetPlayerStatus, ctx: Context) -> Decision:
+    audit = AuditRecord(ctx.tenant_id, f"{ctx.operation_key}:{ctx.now_ms}:status", state.player_id, "status_changed",
+                        "player_status_set", ctx.now_ms, {"kyc_status": cmd.kyc_status, "aml_hold": cmd.aml_hold})
+    body = {"player_id": state.player_id, "kyc_status": cmd.kyc_status, "aml_hold": cmd.aml_hold}
+    return Decision(Outcome(WalletResult.OK, body), (PlayerStatusSet(cmd.kyc_status, cmd.aml_hold),), (), (audit,))
+
+
+def _request_deposit(state: WalletState, cmd: RequestDeposit, ctx: Context) -> Decision:
+    if cmd.currency != state.currency:
+        return _reject(WalletResult.CURRENCY_NOT_SUPPORTED, f"the player's wallets are in {state.currency}")
+    if cmd.deposit_id in state.deposits:
+        return _reject(WalletResult.DEPOSIT_EXISTS, "a deposit with this id exists under another idempotency key")
+    refused = _exclusion(state, ctx) or _limit_check(state, ctx, "deposit", cmd.amount_minor,
+                                                     WalletResult.DEPOSIT_LIMIT_EXCEEDED)
+    if refused:
+        return refused
+    if _used(state, "deposits", "hour", ctx.now_ms) >= ctx.rules.max_deposits_per_hour:
+        return _refuse(state, ctx, WalletResult.VELOCITY_LIMIT_EXCEEDED, "too many deposits in the last hour",
+                       max_per_hour=ctx.rules.max_deposits_per_hour)
+    deposit = PendingDeposit(cmd.deposit_id, cmd.amount_minor, cmd.currency, cmd.method, "PENDING")
+    usage = _usage(state, ctx.now_ms, *[("deposit", p, cmd.amount_minor) for p in PERIODS], ("deposits", "hour", 1))
+    body = {"deposit_id": cmd.deposit_id, "state": "PENDING"}
+    return Decision(Outcome(WalletResult.ACCEPTED, body), (DepositUpdated(deposit), usage))
+
+
+def _apply_psp_result(state: WalletState, cmd: ApplyPspResult, ctx: Context) -> Decision:
+    deposit = state.deposits.get(cmd.deposit_id)
+    if deposit is None:
+        return _reject(WalletResult.DEPOSIT_NOT_FOUND, "no such deposit")
+    if deposit.state != "PENDING":
+        return _reject(WalletResult.DEPOSIT_ALREADY_FINAL, f"the deposit is already {deposit.state}")
+    if (cmd.amount_minor, cmd.currency) != (deposit.amount_minor, deposit.currency):
+        return _reject(WalletResult.AMOUNT_MISMATCH, "amount or currency differ from the deposit")
+    if cmd.status == "FAILED":
+        failed = dataclasses.replace(deposit, state="FAILED", closed_at_ms=ctx.now_ms)
+        # A deposit that never arrived does not count against the player's deposit limit.
+        usage = _usage(state, ctx.now_ms, *[("deposit", p, -deposit.amount_minor) for p in PERIODS])
+        body = {"deposit_id": deposit.deposit_id, "state": "FAILED"}
+        return Decision(Outcome(WalletResult.OK, body), (DepositUpdated(failed), usage))
+    if cmd.fee_minor > cmd.amount_minor:
+        return _reject(WalletResult.FEE_EXCEEDS_AMOUNT, "the fee is larger than the deposit")
+    legs = _Legs(state, ctx, f"deposit:{deposit.deposit_id}", f"psp {cmd.psp} event {cmd.event_id}")
+    cash = legs.player("CASH", deposit.currency)
+    legs.add(system_account("PSP_SETTLEMENT", deposit.currency, cmd.psp), cash, deposit.amount_minor,
+             deposit.currency, "deposit")
+    legs.add(cash, system_account("PSP_FEES", deposit.currency, cmd.psp), cmd.fee_minor, deposit.currency,
+             "deposit_fee")
+    postings = legs.postings()
+    body = {"deposit_id": deposit.deposit_id, "state": "SUCCEEDED", "credited": deposit.amount_minor - cmd.fee_minor}
+    events = (DepositUpdated(dataclasses.replace(deposit, state="SUCCEEDED", closed_at_ms=ctx.now_ms)),)
+    return Decision(Outcome(WalletResult.OK, body), events + _money_events(state, postings), postings)
+
+
+def _place_bet(state: WalletState, cmd: PlaceBet, ctx: Context) -> Decision:
+    if cmd.currency != state.currency:
+        return _reject(WalletResult.CURRENCY_NOT_SUPPORTED, f"the player's wallets are in {state.currency}")
+    policy = SPEND_POLICIES.get(cmd.policy)
+    if policy is None:
+        return _reject(WalletResult.POLICY_NOT_FOUND, f"no spend policy {cmd.policy!r}")
+    hold_id = f"bet:{cmd.bet_id}"
+    if hold_id in state.holds:
+        return _reject(WalletResult.BET_EXISTS, "a bet with this id exists under another idempotency key")
+    refused = _stake_checks(state, ctx, cmd.amount_minor)
+    if refused:
+        return refused
+    sources = plan_spend(state.balances, cmd.currency, cmd.amount_minor, policy)
+    if sources is None:
+        return _reject(WalletResult.INSUFFICIENT_FUNDS, "the wallets this policy may spend hold too little")
+    legs = _Legs(state, ctx, f"bet:{cmd.bet_id}:place", describe(policy, sources))
+    _take_stake(legs, sources, cmd.currency)
+    postings = legs.postings()
+    hold = Hold(hold_id, "bet", cmd.bet_id, cmd.currency, cmd.amount_minor, _hold_sources(sources),
+                ctx.now_ms + ctx.rules.bet_hold_ttl_ms, policy.name, cmd.provider)
+    events = (
+        HoldUpdated(hold),
+        _usage(state, ctx.now_ms, *[(k, p, cmd.amount_minor) for k in ("bet", "loss") for p in PERIODS]),
+        SessionTouched(_session_start(state, ctx.now_ms), ctx.now_ms),
+    ) + _money_events(state, postings)
+    body = {"status": "HELD", "bet_id": cmd.bet_id, "hold_id": hold_id,
+            "expires_in": ctx.rules.bet_hold_ttl_ms // 1000, "sources": [[s.wallet, s.amount_minor] for s in sources]}
+    return Decision(Outcome(WalletResult.CREATED, body), events, postings)
+
+
+def _bet_hold(state: WalletState, bet_id: str) -> Hold | Decision:
+    hold = state.holds.get(f"bet:{bet_id}")
+    if hold is None:
+        return _reject(WalletResult.BET_NOT_FOUND, "no such bet")
+    if hold.state == "SETTLED":
+        return _reject(WalletResult.BET_ALREADY_SETTLED, "the bet is already settled")
+    if not hold.open:
+        return _reject(WalletResult.HOLD_NOT_OPEN, f"the bet's hold is {hold.state.lower()}")
+    return hold
+
+
+def _settle_bet(state: WalletState, cmd: SettleBet, ctx: Context) -> Decision:
+    hold = _bet_hold(state, cmd.bet_id)
+    if isinstance(hold, Decision):
+        return hold
+    if (cmd.result == "LOSS") != (cmd.payout_minor == 0):
+        return _reject(WalletResult.INVALID_PAYOUT, "a WIN pays a positive payout, a LOSS pays nothing")
+    policy = SPEND_POLICIES[hold.policy]
+    provider = system_account("PROVIDER_SETTLEMENT", hold.currency, hold.provider)
+    legs = _Legs(state, ctx, f"bet:{cmd.bet_id}:settle", f"bet {cmd.result}; winnings to {policy.win_wallet}")
+    legs.add(legs.player("HOLD", hold.currency), provider, hold.remaining_minor, hold.currency, "bet_stake")
+    legs.add(provider, legs.player(policy.win_wallet, hold.currency), cmd.payout_minor, hold.currency, "bet_win")
+    stake = hold.amount_minor
+    bonus_events = _turnover(state, ctx, legs, stake, hold.currency, legs.balances_after(state.balances))
+    postings = legs.postings()
+    settled = dataclasses.replace(hold, sources=(), captured_minor=hold.amount_minor, state="SETTLED",
+                                  closed_at_ms=ctx.now_ms)
+    usage = _usage(state, ctx.now_ms, *[("loss", p, -cmd.payout_minor) for p in PERIODS])
+    cash_delta = dict(_player_deltas(state.player_id, postings)).get(f"CASH:{hold.currency}", 0)
+    body = {"status": "SETTLED", "bet_id": cmd.bet_id, "result": cmd.result, "payout": cmd.payout_minor,
+            "cash_delta": cash_delta}
+    events = (HoldUpdated(settled), usage) + bonus_events + _money_events(state, postings)
+    return Decision(Outcome(WalletResult.OK, body), events, postings)
+
+
+def _cancel_bet(state: WalletState, cmd: CancelBet, ctx: Context) -> Decision:
+    hold = _bet_hold(state, cmd.bet_id)
+    if isinstance(hold, Decision):
+        return hold
+    legs = _Legs(state, ctx, f"bet:{cmd.bet_id}:cancel", "bet cancelled: hold released to its sources")
+    _release_legs(legs, hold, "release")
+    postings = legs.postings()
+    released = dataclasses.replace(hold, sources=(), state="RELEASED", closed_at_ms=ctx.now_ms)
+    # A cancelled bet never happened: it does not count against bet or loss limits.
+    usage = _usage(state, ctx.now_ms, *[(k, p, -hold.remaining_minor) for k in ("bet", "loss") for p in PERIODS])
+    body = {"status": "CANCELLED", "bet_id": cmd.bet_id, "released": hold.remaining_minor}
+    return Decision(Outcome(WalletResult.OK, body), (HoldUpdated(released), usage) + _money_events(state, postings),
+                    postings)
+
+
+def _capture_account(hold: Hold, psp: str = "") -> tuple[str, str]:
+    if hold.kind == "withdrawal":
+        return system_account("PAYOUTS", hold.currency, psp), "withdrawal_payout"
+    return system_account("PROVIDER_SETTLEMENT", hold.currency, hold.provider), "bet_stake"
+
+
+def _capture_hold(state: WalletState, cmd: CaptureHold, ctx: Context) -> Decision:
+    hold = state.holds.get(cmd.hold_id)
+    if hold is None:
+        return _reject(WalletResult.HOLD_NOT_FOUND, "no such hold")
+    if not hold.open:
+        return _reject(WalletResult.HOLD_NOT_OPEN, f"the hold is {hold.state.lower()}")
+    if cmd.amount_minor > hold.remaining_minor:
+        return _reject(WalletResult.CAPTURE_EXCEEDS_HOLD, f"only {hold.remaining_minor} is still held")
+    account, category = _capture_account(hold)
+    captured = hold.captured_minor + cmd.amount_minor
+    legs = _Legs(state, ctx, f"hold:{hold.hold_id}:capture:{ctx.operation_key}",
+                 f"capture {cmd.amount_minor}; {captured} of {hold.amount_minor} captured")
+    legs.add(legs.player("HOLD", hold.currency), account, cmd.amount_minor, hold.currency, category)
+    postings = legs.postings()
+    sources = _consume(hold, cmd.amount_minor)
+    updated = dataclasses.replace(hold, sources=sources, captured_minor=captured,
+                                  state="HELD" if sources else "CAPTURED",
+                                  closed_at_ms=0 if sources else ctx.now_ms)
+    body = {"hold_id": hold.hold_id, "captured": captured, "remaining": updated.remaining_minor,
+            "state": updated.state}
+    return Decision(Outcome(WalletResult.OK, body), (HoldUpdated(updated),) + _money_events(state, postings), postings)
+
+
+def _release_hold(state: WalletState, cmd: ReleaseHold, ctx: Context) -> Decision:
+    hold = state.holds.get(cmd.hold_id)
+    if hold is None:
+        return _reject(WalletResult.HOLD_NOT_FOUND, "no such hold")
+    if not hold.open:
+        return _reject(WalletResult.HOLD_NOT_OPEN, f"the hold is {hold.state.lower()}")
+    legs = _Legs(state, ctx, f"hold:{hold.hold_id}:release", "hold released to its sources")
+    _release_legs(legs, hold, "release")
+    postings = legs.postings()
+    updated = dataclasses.replace(hold, sources=(), state="RELEASED", closed_at_ms=ctx.now_ms)
+    events: tuple[Event, ...] = (HoldUpdated(updated),)
+    if hold.kind == "withdrawal":
+        w = state.withdrawals[hold.ref]
+        events += (WithdrawalUpdated(dataclasses.replace(w, state="FAILED", closed_at_ms=ctx.now_ms)),)
+    body = {"hold_id": hold.hold_id, "released": hold.remaining_minor, "state": "RELEASED"}
+    return Decision(Outcome(WalletResult.OK, body), events + _money_events(state, postings), postings)
+
+
+def _request_withdrawal(state: WalletState, cmd: RequestWithdrawal, ctx: Context) -> Decision:
+    if cmd.currency != state.currency:
+        return _reject(WalletResult.CURRENCY_NOT_SUPPORTED, f"the player's wallets are in {state.currency}")
+    if cmd.withdrawal_id in state.withdrawals:
+        return _reject(WalletResult.WITHDRAWAL_EXISTS, "a withdrawal with this id exists under another key")
+    if state.kyc_status != "VERIFIED":
+        return _refuse(state, ctx, WalletResult.KYC_REQUIRED, "withdrawals need a verified identity",
+                       kyc_status=state.kyc_status)
+    if state.aml_hold:
+        return _refuse(state, ctx, WalletResult.AML_HOLD, "the account is under an AML review")
+    if cmd.destination and cmd.destination in ctx.rules.blocked_destinations:
+        return _refuse(state, ctx, WalletResult.DESTINATION_BLOCKED, "the payout destination is blocked")
+    if _used(state, "withdrawals", "hour", ctx.now_ms) >= ctx.rules.max_withdrawals_per_hour:
+        return _refuse(state, ctx, WalletResult.VELOCITY_LIMIT_EXCEEDED, "too many withdrawals in the last hour",
+                       max_per_hour=ctx.rules.max_withdrawals_per_hour)
+    if state.balance("CASH", cmd.currency) < cmd.amount_minor:
+        return _reject(WalletResult.INSUFFICIENT_FUNDS, "the cash wallet holds too little")
+    hold_id = f"withdrawal:{cmd.withdrawal_id}"
+    legs = _Legs(state, ctx, f"withdrawal:{cmd.withdrawal_id}:hold", "withdrawal: cash held until the PSP answers")
+    legs.add(legs.player("CASH", cmd.currency), legs.player("HOLD", cmd.currency), cmd.amount_minor, cmd.currency,
+             "hold")
+    postings = legs.postings()
+    hold = Hold(hold_id, "withdrawal", cmd.withdrawal_id, cmd.currency, cmd.amount_minor,
+                (("CASH", cmd.amount_minor),), ctx.now_ms + ctx.rules.withdrawal_hold_ttl_ms, "cash")
+    withdrawal = Withdrawal(cmd.withdrawal_id, cmd.amount_minor, cmd.currency, cmd.method, cmd.destination,
+                            "PENDING", hold_id, ctx.now_ms)
+    body = {"withdrawal_id": cmd.withdrawal_id, "state": "PENDING",
+            "status_url": f"/v1/withdrawals/{cmd.withdrawal_id}"}
+    events = (HoldUpdated(hold), WithdrawalUpdated(withdrawal), _usage(state, ctx.now_ms, ("withdrawals", "hour", 1)))
+    return Decision(Outcome(WalletResult.ACCEPTED, body), events + _money_events(state, postings), postings)
+
+
+def _apply_withdrawal_result(state: WalletState, cmd: ApplyWithdrawalResult, ctx: Context) -> Decision:
+    withdrawal = state.withdrawals.get(cmd.withdrawal_id)
+    if withdrawal is None:
+        return _reject(WalletResult.WITHDRAWAL_NOT_FOUND, "no such withdrawal")
+    hold = state.holds.get(withdrawal.hold_id)
+    if withdrawal.state != "PENDING" or hold is None or not hold.open:
+        return _reject(WalletResult.WITHDRAWAL_ALREADY_FINAL, f"the withdrawal is already {withdrawal.state}")
+    if (cmd.amount_minor, cmd.currency) != (withdrawal.amount_minor, withdrawal.currency):
+        return _reject(WalletResult.AMOUNT_MISMATCH, "amount or currency differ from the withdrawal")
+    if cmd.fee_minor > cmd.amount_minor:
+        return _reject(WalletResult.FEE_EXCEEDS_AMOUNT, "the fee is larger than the withdrawal")
+    legs = _Legs(state, ctx, f"withdrawal:{cmd.withdrawal_id}:{cmd.status.lower()}",
+                 f"psp {cmd.psp} event {cmd.event_id}")
+    held = legs.player("HOLD", hold.currency)
+    if cmd.status == "SUCCEEDED":
+        legs.add(held, system_account("PAYOUTS", hold.currency, cmd.psp), hold.remaining_minor - cmd.fee_minor,
+                 hold.currency, "withdrawal_payout")
+        legs.add(held, system_account("PSP_FEES", hold.currency, cmd.psp), cmd.fee_minor, hold.currency,
+                 "withdrawal_fee")
+        new_hold = dataclasses.replace(hold, sources=(), captured_minor=hold.amount_minor, state="CAPTURED",
+                                       closed_at_ms=ctx.now_ms)
+    else:
+        _release_legs(legs, hold, "release")
+        new_hold = dataclasses.replace(hold, sources=(), state="RELEASED", closed_at_ms=ctx.now_ms)
+    postings = legs.postings()
+    final = dataclasses.replace(withdrawal, state=cmd.status, closed_at_ms=ctx.now_ms)
+    body = {"withdrawal_id": withdrawal.withdrawal_id, "state": cmd.status}
+    events = (HoldUpdated(new_hold), WithdrawalUpdated(final)) + _money_events(state, postings)
+    return Decision(Outcome(WalletResult.OK, body), events, postings)
+
+
+def _grant_bonus(state: WalletState, cmd: GrantBonus, ctx: Context) -> Decision:
+    if cmd.currency != state.currency:
+        return _reject(WalletResult.CURRENCY_NOT_SUPPORTED, f"the player's wallets are in {state.currency}")
+    if cmd.bonus_id in state.bonuses:
+        return _reject(WalletResult.BONUS_EXISTS, "a bonus with this id exists under another idempotency key")
+    legs = _Legs(state, ctx, f"bonus:{cmd.bonus_id}:grant",
+                 f"bonus grant; wager {cmd.wager_required_minor} before conversion")
+    legs.add(system_account("ADJUSTMENTS", cmd.currency, "bonus"), legs.player("BONUS", cmd.currency),
+             cmd.amount_minor, cmd.currency, "bonus_grant")
+    postings = legs.postings()
+    bonus = Bonus(cmd.bonus_id, cmd.currency, cmd.amount_minor, cmd.wager_required_minor, cmd.expires_at_ms, "ACTIVE")
+    body = {"bonus_id": cmd.bonus_id, "state": "ACTIVE", "amount": cmd.amount_minor,
+            "wager_required": cmd.wager_required_minor}
+    return Decision(Outcome(WalletResult.CREATED, body), (BonusUpdated(bonus),) + _money_events(state, postings),
+                    postings)
+
+
+def fx_convert_amount(amount_minor: int, rate: Decimal, from_currency: str, to_currency: str) -> tuple[int, Decimal]:
+    """(rounded minor units of to_currency, residue) with banker's rounding. The rate is
+    in major units; the exponent difference scales minor units between currencies."""
+    scale = Decimal(10) ** (minor_exponent(to_currency) - minor_exponent(from_currency))
+    exact = Decimal(amount_minor) * rate * scale
+    rounded = exact.quantize(Decimal(1), rounding=ROUND_HALF_EVEN)
+    return int(rounded), exact - rounded
+
+
+def _convert_fx(state: WalletState, cmd: ConvertFx, ctx: Context) -> Decision:
+    if cmd.from_currency == cmd.to_currency:
+        return _reject(WalletResult.SAME_CURRENCY, "from and to currency are the same")
+    try:
+        rate = Decimal(cmd.rate)
+    except InvalidOperation:
+        return _reject(WalletResult.INVALID_RATE, f"rate {cmd.rate!r} is not a decimal number")
+    if not rate.is_finite() or rate <= 0:
+        return _reject(WalletResult.INVALID_RATE, "the rate must be positive")
+    if state.balance(cmd.wallet, cmd.from_currency) < cmd.amount_minor:
+        return _reject(WalletResult.INSUFFICIENT_FUNDS, f"the {cmd.wallet} wallet holds too little")
+    converted, residue = fx_convert_amount(cmd.amount_minor, rate, cmd.from_currency, cmd.to_currency)
+    if converted <= 0 or converted > MAX_AMOUNT_MINOR:
+        return _reject(WalletResult.AMOUNT_TOO_SMALL, "the converted amount rounds to nothing or is out of range")
+    fx = f"FX_{cmd.from_currency}{cmd.to_currency}"
+    # The residue (exact minus rounded, in minor units of the target) is booked on the
+    # postings' reason and in the response, never dropped silently.
+    reason = f"rate {rate} valid_from_ms {cmd.rate_valid_from_ms} residue {residue} {cmd.to_currency} minor"
+    legs = _Legs(state, ctx, f"fx:{cmd.conversion_id}", reason)
+    legs.add(legs.player(cmd.wallet, cmd.from_currency), system_account(fx, cmd.from_currency), cmd.amount_minor,
+             cmd.from_currency, "fx_out")
+    legs.add(system_account(fx, cmd.to_currency), legs.player(cmd.wallet, cmd.to_currency), converted,
+             cmd.to_currency, "fx_in")
+    postings = legs.postings()
+    body = {"conversion_id": cmd.conversion_id, "debited": cmd.amount_minor, "credited": converted,
+            "from_currency": cmd.from_currency, "to_currency": cmd.to_currency, "rate": str(rate),
+            "residue_minor": str(residue)}
+    return Decision(Outcome(WalletResult.OK, body), _money_events(state, postings), postings)
+
+
+def _adjust(state: WalletState, cmd: Adjust, ctx: Context) -> Decision:
+    if cmd.amount_minor < 0 and state.balance(cmd.wallet, cmd.currency) < -cmd.amount_minor:
+        return _reject(WalletResult.INSUFFICIENT_FUNDS, f"the {cmd.wallet} wallet holds too little")
+    legs = _Legs(state, ctx, f"adjustment:{cmd.adjustment_id}", cmd.reason)
+    system, wallet = system_account("ADJUSTMENTS", cmd.currency), legs.player(cmd.wallet, cmd.currency)
+    if cmd.amount_minor > 0:
+        legs.add(system, wallet, cmd.amount_minor, cmd.currency, "adjustment")
+    else:
+        legs.add(wallet, system, -cmd.amount_minor, cmd.currency, "adjustment")
+    postings = legs.postings()
+    audit = AuditRecord(ctx.tenant_id, f"adjustment:{cmd.adjustment_id}", state.player_id, "adjustment",
+                        "adjustment_posted", ctx.now_ms, {"wallet": cmd.wallet, "currency": cmd.currency,
+                                                          "amount_minor": cmd.amount_minor, "reason": cmd.reason})
+    body = {"adjustment_id": cmd.adjustment_id, "wallet": cmd.wallet, "amount": cmd.amount_minor}
+    return Decision(Outcome(WalletResult.CREATED, body), _money_events(state, postings), postings, (audit,))
+
+
+def _play_round(state: WalletState, cmd: PlayRound, ctx: Context) -> Decision:
+    if cmd.currency != state.currency:
+        return _reject(WalletResult.CURRENCY_NOT_SUPPORTED, f"the player's wallets are in {state.currency}")
+    policy = SPEND_POLICIES.get(cmd.policy)
+    if policy is None:
+        return _reject(WalletResult.POLICY_NOT_FOUND, f"no spend policy {cmd.policy!r}")
+    sources: tuple[SpendSource, ...] = ()
+    if cmd.bet_minor:
+        refused = _stake_checks(state, ctx, cmd.bet_minor)
+        if refused:
+            return refused
+        planned = plan_spend(state.balances, cmd.currency, cmd.bet_minor, policy)
+        if planned is None:
+            return _reject(WalletResult.INSUFFICIENT_FUNDS, "the wallets this policy may spend hold too little")
+        sources = planned
+    provider = system_account("PROVIDER_SETTLEMENT", cmd.currency, cmd.provider)
+    legs = _Legs(state, ctx, f"round:{cmd.provider}:{cmd.round_id}", describe(policy, sources) if sources else
+                 f"policy {policy.name}: no stake")
+    _take_stake(legs, sources, cmd.currency)
+    legs.add(legs.player("HOLD", cmd.currency), provider, cmd.bet_minor, cmd.currency, "bet_stake")
+    legs.add(provider, legs.player(policy.win_wallet, cmd.currency), cmd.win_minor, cmd.currency, "bet_win")
+    bonus_events = _turnover(state, ctx, legs, cmd.bet_minor, cmd.currency, legs.balances_after(state.balances))
+    postings = legs.postings()
+    usage = _usage(state, ctx.now_ms, *[("bet", p, cmd.bet_minor) for p in PERIODS],
+                   *[("loss", p, cmd.bet_minor - cmd.win_minor) for p in PERIODS])
+    events: tuple[Event, ...] = (usage,)
+    if cmd.bet_minor:
+        events += (SessionTouched(_session_start(state, ctx.now_ms), ctx.now_ms),)
+    cash_delta = dict(_player_deltas(state.player_id, postings)).get(f"CASH:{cmd.currency}", 0)
+    body = {"round_id": cmd.round_id, "status": "SETTLED", "bet": cmd.bet_minor, "win": cmd.win_minor,
+            "cash_delta": cash_delta}
+    return Decision(Outcome(WalletResult.OK, body), events + bonus_events + _money_events(state, postings), postings)
+
+
+def _tick(state: WalletState, cmd: Tick, ctx: Context) -> Decision:
+    """Release every open hold past its expiry and forfeit every bonus past its own."""
+    legs = _Legs(state, ctx, f"expiry:{ctx.now_ms}", "expired")
+    events: list[Event] = []
+    expired_holds = []
+    for hold in sorted(state.holds.values(), key=lambda h: h.hold_id):
+        if hold.open and hold.expires_at_ms <= ctx.now_ms:
+            _release_legs(legs, hold, "hold_expired")
+            events.append(HoldUpdated(dataclasses.replace(hold, sources=(), state="EXPIRED", closed_at_ms=ctx.now_ms)))
+            expired_holds.append(hold.hold_id)
+            if hold.kind == "withdrawal":
+                w = state.withdrawals[hold.ref]
+                events.append(WithdrawalUpdated(dataclasses.replace(w, state="EXPIRED", closed_at_ms=ctx.now_ms)))
+    forfeited = []
+    bonus_left = {c: state.balance("BONUS", c) for c in {b.currency for b in state.bonuses.values()}}
+    for bonus in sorted(state.bonuses.values(), key=lambda b: b.bonus_id):
+        if bonus.state == "ACTIVE" and bonus.expires_at_ms <= ctx.now_ms:
+            amount = min(bonus.amount_minor, bonus_left[bonus.currency])
+            bonus_left[bonus.currency] -= amount
+            legs.add(legs.player("BONUS", bonus.currency), system_account("ADJUSTMENTS", bonus.currency, "bonus"),
+                     amount, bonus.currency, "bonus_forfeit")
+            events.append(BonusUpdated(dataclasses.replace(bonus, state="FORFEITED", closed_at_ms=ctx.now_ms)))
+            forfeited.append(bonus.bonus_id)
+    postings = legs.postings()
+    body = {"expired_holds": expired_holds, "forfeited_bonuses": forfeited}
+    return Decision(Outcome(WalletResult.OK, body), tuple(events) + _money_events(state, postings), postings)
+
+
+_HANDLERS: dict[type, Callable[[WalletState, object, Context], Decision]] = {
+    CreatePlayer: _create_player, SetLimits: _set_limits, SetPlayerStatus: _set_status,
+    RequestDeposit: _request_deposit, ApplyPspResult: _apply_psp_result, PlaceBet: _place_bet,
+    SettleBet: _settle_bet, CancelBet: _cancel_bet, CaptureHold: _capture_hold, ReleaseHold: _release_hold,
+    RequestWithdrawal: _request_withdrawal, ApplyWithdrawalResult: _apply_withdrawal_result,
+    GrantBonus: _grant_bonus, ConvertFx: _convert_fx, Adjust: _adjust, PlayRound: _play_round, Tick: _tick,
+}
 
 
 # ---------------------------------------------------------------- evolve
@@ -308,36 +996,55 @@ def _player_deltas(player_id: str, postings: tuple[Posting, ...]) -> tuple[tuple
 def evolve(state: WalletState, events: tuple[Event, ...]) -> WalletState:
     if not events:
         return state
+    changes: dict = {}
     balances = dict(state.balances)
-    deposits = dict(state.deposits)
+    deposits, holds = dict(state.deposits), dict(state.holds)
+    withdrawals, bonuses, usage = dict(state.withdrawals), dict(state.bonuses), dict(state.usage)
     operations = state.operations
-    registered, currency, country = state.registered, state.currency, state.country
     for event in events:
         if isinstance(event, PlayerRegistered):
-            registered, currency, country = True, event.currency, event.country
+            changes.update(registered=True, currency=event.currency, country=event.country)
             for wallet_type in PLAYER_WALLETS:
-                balances.setdefault(f"{wallet_type}:{currency}", 0)
-        elif isinstance(event, DepositRequested):
+                balances.setdefault(f"{wallet_type}:{event.currency}", 0)
+        elif isinstance(event, DepositUpdated):
             deposits[event.deposit.deposit_id] = event.deposit
-        elif isinstance(event, DepositSettled):
-            deposits[event.deposit_id] = dataclasses.replace(deposits[event.deposit_id], state=event.state)
+        elif isinstance(event, HoldUpdated):
+            holds[event.hold.hold_id] = event.hold
+        elif isinstance(event, WithdrawalUpdated):
+            withdrawals[event.withdrawal.withdrawal_id] = event.withdrawal
+        elif isinstance(event, BonusUpdated):
+            bonuses[event.bonus.bonus_id] = event.bonus
+        elif isinstance(event, LimitsSet):
+            changes["limits"] = event.limits
+        elif isinstance(event, PlayerStatusSet):
+            changes.update(kyc_status=event.kyc_status, aml_hold=event.aml_hold)
+        elif isinstance(event, UsageChanged):
+            for key in event.stale:
+                usage.pop(key, None)
+            for key, delta in event.deltas:
+                value = usage.get(key, 0) + delta
+                # Net loss may go below zero (the player is up); a count or a sum of
+                # deposits or stakes cannot, even when a reversal lands in a later period.
+                usage[key] = value if key.startswith("loss:") else max(value, 0)
+        elif isinstance(event, SessionTouched):
+            changes.update(session_started_ms=event.started_ms, last_bet_ms=event.last_bet_ms)
         elif isinstance(event, BalancesChanged):
             for key, delta in event.deltas:
                 balances[key] = balances.get(key, 0) + delta
         elif isinstance(event, OperationRecorded):
-            operations = {k: v for k, v in operations.items() if v.at_ms >= event.prune_before_ms}
+            cutoff = event.prune_before_ms
+            # Operation ids and closed items older than the retention period are dropped.
+            # Received times come from several web processes, so they are not in order.
+            operations = {k: v for k, v in operations.items() if v.at_ms >= cutoff}
             operations[event.key] = event.record
+            for table in (deposits, holds, withdrawals, bonuses):
+                for key in [k for k, v in table.items() if 0 < v.closed_at_ms < cutoff]:
+                    del table[key]
         else:
             raise InvariantViolation(f"unknown wallet event {type(event).__name__}")
     new_state = dataclasses.replace(
-        state,
-        registered=registered,
-        currency=currency,
-        country=country,
-        balances=balances,
-        deposits=deposits,
-        operations=operations,
-        version=state.version + 1,
+        state, balances=balances, deposits=deposits, holds=holds, withdrawals=withdrawals, bonuses=bonuses,
+        usage=usage, operations=operations, version=state.version + 1, **changes,
     )
     check_wallet(new_state)
     return new_state
@@ -348,25 +1055,56 @@ def check_wallet(state: WalletState) -> None:
     for key, amount in state.balances.items():
         if amount < 0:
             raise InvariantViolation(f"wallet {state.player_id} {key} is negative: {amount}")
+    held: dict[str, int] = {}
+    for hold in state.holds.values():
+        if hold.open:
+            held[hold.currency] = held.get(hold.currency, 0) + hold.remaining_minor
+        elif hold.sources:
+            raise InvariantViolation(f"closed hold {hold.hold_id} still holds {hold.sources}")
+    for key, amount in state.balances.items():
+        wallet, currency = key.split(":")
+        if wallet == "HOLD" and amount != held.get(currency, 0):
+            raise InvariantViolation(f"HOLD:{currency} is {amount} but open holds total {held.get(currency, 0)}")
 
 
 # ---------------------------------------------------------------- reads
 
 def wallet_view(state: WalletState, types: tuple[str, ...] | None = None) -> dict:
+    held: dict[str, int] = {}
+    for hold in state.holds.values():
+        if hold.open:
+            for wallet, amount in hold.sources:
+                held[f"{wallet}:{hold.currency}"] = held.get(f"{wallet}:{hold.currency}", 0) + amount
+    wager_required: dict[str, int] = {}
+    for bonus in state.bonuses.values():
+        if bonus.state == "ACTIVE":
+            wager_required[bonus.currency] = wager_required.get(bonus.currency, 0) + bonus.wager_required_minor
+    currencies = sorted({key.split(":")[1] for key in state.balances}, key=lambda c: (c != state.currency, c))
     wallets = []
-    for wallet_type in PLAYER_WALLETS:
-        if types and wallet_type not in types:
-            continue
-        key = f"{wallet_type}:{state.currency}"
-        if key not in state.balances:
-            continue
-        wallets.append(
-            {
-                "type": wallet_type,
-                "currency": state.currency,
-                "available": state.balances[key],
-                "held": 0,
-                "version": state.version,
-            }
-        )
+    for currency in currencies:
+        for wallet_type in PLAYER_WALLETS:
+            key = f"{wallet_type}:{currency}"
+            if (types and wallet_type not in types) or key not in state.balances:
+                continue
+            entry = {"type": wallet_type, "currency": currency, "available": state.balances[key],
+                     "held": held.get(key, 0), "version": state.version}
+            if wallet_type == "BONUS":
+                entry["wager_required"] = wager_required.get(currency, 0)
+            wallets.append(entry)
     return {"player_id": state.player_id, "wallets": wallets, "version": state.version}
+
+
+def limits_view(limits: Limits, now_ms: int) -> dict:
+    keys = sorted(set(limits.values) | set(limits.pending))
+    return {
+        "limits": {key: limits.effective(key, now_ms) for key in keys},
+        "pending": {key: {"value": value, "effective_from_ms": at} for key, (value, at) in limits.pending.items()
+                    if at > now_ms},
+        "cool_off_until_ms": limits.cool_off_until_ms,
+        "self_excluded_until_ms": limits.self_excluded_until_ms,
+    }
+
+
+def withdrawal_view(withdrawal: Withdrawal) -> dict:
+    return {"withdrawal_id": withdrawal.withdrawal_id, "state": withdrawal.state, "amount": withdrawal.amount_minor,
+            "currency": withdrawal.currency, "method": withdrawal.method}
