@@ -10,7 +10,7 @@ import logging
 import time
 from typing import Any, Sequence
 
-from app.messages import decode_postings
+from app.messages import decode_ledger_batch
 from app.metrics import LEDGER_FLUSH_ROWS, LEDGER_FLUSH_SECONDS
 from storage.ports import LedgerStore
 
@@ -20,18 +20,20 @@ CONSUMER_NAME = "ledger-flush"
 
 
 async def flush_batch(store: LedgerStore, events: Sequence[Any], *, retry_delay_s: float = 0.5) -> int:
-    postings = []
+    postings, audit = [], []
     positions: dict[tuple[str, int], int] = {}
     for event in events:
         message = event.message
-        postings.extend(decode_postings(event.value))
+        legs, records = decode_ledger_batch(event.value)
+        postings.extend(legs)
+        audit.extend(records)
         tp = (message.topic, message.partition)
         positions[tp] = max(positions.get(tp, 0), message.offset + 1)
     attempt = 0
     while True:
         started = time.perf_counter()
         try:
-            added = await store.append(postings, positions, CONSUMER_NAME)
+            added = await store.append(postings, positions, CONSUMER_NAME, audit=audit)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # PostgreSQL down or failing over: keep the batch, retry.

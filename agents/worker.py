@@ -10,6 +10,7 @@ import logging
 import os
 import socket
 import sys
+import time
 from typing import Awaitable, Callable
 
 import asyncpg
@@ -17,8 +18,13 @@ import redis.asyncio as aioredis
 from prometheus_client import start_http_server
 
 from agents.ledger_flush import run_ledger_flush
-from agents.wallet import WalletAgentDeps, handle_wallet_message
-from app.streaming import WALLET_COMMANDS, BankrollApp, Streams, create_streams, topic_name
+from agents.wallet import ExpiryScheduler, WalletAgentDeps, handle_wallet_message, rules_from_settings
+from app.api.validation import InvalidRequest
+from app.domain.wallet.core import Tick
+from app.messages import CommandEnvelope
+from app.metrics import ROUNDS_REJECTED
+from app.rounds import parse_round
+from app.streaming import GAME_ROUND_RESULTS, WALLET_COMMANDS, BankrollApp, Streams, create_streams, topic_name
 from config import Settings, load_settings
 from storage.postgres.migrate import migrate
 from storage.postgres.stores import PostgresLedgerStore, create_pool
@@ -85,17 +91,30 @@ def build_worker(
     app = streams.app
     resources = resources or WorkerResources(settings)
     commands_topic = topic_name(settings, WALLET_COMMANDS)
+    results_topic = topic_name(settings, GAME_ROUND_RESULTS)
     worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
+    scheduler = ExpiryScheduler()
+    last_scan_ms = [0]
 
     @app.agent(streams.wallet_commands, name="wallet")
     async def wallet_agent(stream):  # type: ignore[no-untyped-def]
+        reply_topics = {results_topic: streams.game_round_results}
+
+        async def send_topic_reply(topic: str, key: bytes, value: bytes) -> None:
+            if topic not in reply_topics:
+                reply_topics[topic] = app.topic(topic, key_serializer="raw", value_serializer="raw")
+            await reply_topics[topic].send(key=key, value=value)
+
         deps = WalletAgentDeps(
             table=streams.wallets,
-            send_postings=resources.postings_sender(streams),
+            send_ledger=resources.postings_sender(streams),
             publish_reply=resources.publish,
+            send_topic_reply=send_topic_reply,
             cache=await resources.wallet_cache(),
             cache_ttl_s=settings.wallet_cache_ttl_s,
             retention_ms=settings.idempotency_retention_s * 1000,
+            rules=rules_from_settings(settings),
+            scheduler=scheduler,
         )
         async for event in stream.events():
             await handle_wallet_message(deps, event.key, event.value)
@@ -106,11 +125,37 @@ def build_worker(
             stream, resources.ledger_store, settings.ledger_flush_max_rows, settings.ledger_flush_within_ms / 1000
         )
 
+    @app.agent(streams.game_rounds, name="game-rounds")
+    async def game_rounds_agent(stream):  # type: ignore[no-untyped-def]
+        async for event in stream.events():
+            received_ms = int(event.message.timestamp * 1000)
+            try:
+                key, envelope = parse_round(event.value, received_ms, results_topic)
+            except InvalidRequest as exc:
+                ROUNDS_REJECTED.inc()
+                result = {"request_id": "", "code": "invalid_request", "body": {"error": {
+                    "code": "invalid_request", "message": str(exc)}}}
+                await streams.game_round_results.send(key=event.key, value=json.dumps(result).encode())
+                continue
+            # Re-keyed onto the command topic, so the agent owning the player applies it in
+            # order with that player's HTTP commands.
+            await streams.wallet_commands.send(key=key, value=envelope.encode())
+
     @app.timer(1.0)
-    async def heartbeat() -> None:
-        # /ready asks whether every partition of the command topic has an owner.
+    async def heartbeat_and_expiry() -> None:
         assigned = sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == commands_topic)
         await resources.announce(worker_id, assigned, metrics_url)
+        now_ms = int(time.time() * 1000)
+        if now_ms - last_scan_ms[0] >= settings.expiry_scan_interval_s * 1000:
+            # The schedule is derived state: rebuilt from the partitions this worker owns
+            # now, which also covers partitions that moved here in a rebalance.
+            last_scan_ms[0] = now_ms
+            scheduler.scan(streams.wallets.items())
+        for key in scheduler.due(now_ms):
+            tenant_id = key.decode().split("|", 1)[0]
+            tick = CommandEnvelope.wrap(Tick(), tenant_id=tenant_id, operation_key="", request_hash="",
+                                        now_ms=now_ms, reply_to="", request_id="")
+            await streams.wallet_commands.send(key=key, value=tick.encode())
 
     return app
 

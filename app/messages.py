@@ -12,16 +12,46 @@ from typing import Any
 
 import msgpack
 
+from app.domain.audit import AuditRecord
 from app.domain.ledger import Posting
-from app.domain.wallet.core import ApplyPspResult, Command, CreatePlayer, RequestDeposit
+from app.domain.wallet import core as w
 
 COMMAND_TYPES: dict[str, type] = {
-    "create_player": CreatePlayer,
-    "request_deposit": RequestDeposit,
-    "apply_psp_result": ApplyPspResult,
+    "create_player": w.CreatePlayer,
+    "set_limits": w.SetLimits,
+    "set_player_status": w.SetPlayerStatus,
+    "request_deposit": w.RequestDeposit,
+    "apply_psp_result": w.ApplyPspResult,
+    "place_bet": w.PlaceBet,
+    "settle_bet": w.SettleBet,
+    "cancel_bet": w.CancelBet,
+    "capture_hold": w.CaptureHold,
+    "release_hold": w.ReleaseHold,
+    "request_withdrawal": w.RequestWithdrawal,
+    "apply_withdrawal_result": w.ApplyWithdrawalResult,
+    "grant_bonus": w.GrantBonus,
+    "convert_fx": w.ConvertFx,
+    "adjust": w.Adjust,
+    "play_round": w.PlayRound,
+    "tick": w.Tick,
 }
 COMMAND_NAMES = {cls: name for name, cls in COMMAND_TYPES.items()}
+# Reads go through the owning agent too when the Redis snapshot is missing, so they see
+# every write before them on the partition.
 READ_WALLET = "read_wallet"
+READ_WITHDRAWAL = "read_withdrawal"
+READ_LIMITS = "read_limits"
+READ_KINDS = frozenset({READ_WALLET, READ_WITHDRAWAL, READ_LIMITS})
+# A reply_to with this prefix names a topic rather than a Redis channel: results of
+# commands that arrive on a stream (game rounds) go back on a stream.
+TOPIC_REPLY_PREFIX = "topic:"
+
+
+def _tuples(value: Any) -> Any:
+    """msgpack returns lists; the commands are frozen dataclasses of tuples."""
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    return value
 
 
 def request_hash(body: Any) -> str:
@@ -53,11 +83,11 @@ class CommandEnvelope:
     def decode(cls, raw: bytes) -> "CommandEnvelope":
         return cls(**msgpack.unpackb(raw, raw=False))
 
-    def command(self) -> Command:
-        return COMMAND_TYPES[self.kind](**self.payload)
+    def command(self) -> w.Command:
+        return COMMAND_TYPES[self.kind](**{k: _tuples(v) for k, v in self.payload.items()})
 
     @classmethod
-    def wrap(cls, command: Command, **fields: Any) -> "CommandEnvelope":
+    def wrap(cls, command: w.Command, **fields: Any) -> "CommandEnvelope":
         return cls(kind=COMMAND_NAMES[type(command)], payload=asdict(command), **fields)
 
 
@@ -70,9 +100,14 @@ def decode_reply(raw: bytes) -> tuple[str, str, dict]:
     return request_id, code, body
 
 
-def encode_postings(postings: tuple[Posting, ...] | list[Posting]) -> bytes:
-    return msgpack.packb([p.to_wire() for p in postings], use_bin_type=True)
+def encode_ledger_batch(postings: tuple[Posting, ...] | list[Posting], audit: tuple[AuditRecord, ...] = ()) -> bytes:
+    """One message on `ledger.postings`: an operation's legs and its audit records."""
+    return msgpack.packb({"p": [p.to_wire() for p in postings], "a": [a.to_wire() for a in audit]},
+                         use_bin_type=True)
 
 
-def decode_postings(raw: bytes) -> list[Posting]:
-    return [Posting.from_wire(row) for row in msgpack.unpackb(raw, raw=False)]
+def decode_ledger_batch(raw: bytes) -> tuple[list[Posting], list[AuditRecord]]:
+    data = msgpack.unpackb(raw, raw=False)
+    if isinstance(data, list):  # the first format carried postings only
+        return [Posting.from_wire(row) for row in data], []
+    return [Posting.from_wire(row) for row in data["p"]], [AuditRecord.from_wire(row) for row in data["a"]]

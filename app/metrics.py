@@ -16,4 +16,5 @@ LEDGER_FLUSH_SECONDS = Histogram(
     "bankroll_ledger_flush_seconds", "Time to commit one batch to PostgreSQL", buckets=_LATENCY_BUCKETS
 )
 POISON_MESSAGES = Counter("bankroll_poison_messages_total", "Undecodable messages skipped by an agent")
+ROUNDS_REJECTED = Counter("bankroll_game_rounds_rejected_total", "Game round messages that failed validation")
 LEDGER_FLUSH_ROWS = Counter("bankroll_ledger_rows_total", "Ledger rows committed to PostgreSQL")

@@ -11,6 +11,8 @@ from config import Settings
 
 WALLET_COMMANDS = "wallet.commands"
 LEDGER_POSTINGS = "ledger.postings"
+GAME_ROUNDS = "game.rounds"  # game servers publish finished rounds here (JSON)
+GAME_ROUND_RESULTS = "game.rounds.results"  # Bankroll's answer to each round (JSON)
 WALLET_TABLE = "wallets"
 
 
@@ -49,6 +51,8 @@ class Streams:
     app: BankrollApp
     wallet_commands: Any
     ledger_postings: Any
+    game_rounds: Any
+    game_round_results: Any
     wallets: Any  # the changelogged table: key tenant|player (bytes) -> msgpack wallet record
 
 
@@ -84,9 +88,18 @@ def create_streams(settings: Settings, *, app_id: str | None = None) -> Streams:
         topic_name(settings, LEDGER_POSTINGS), key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
         partitions=settings.topic_partitions,
     )
+    game_rounds = app.topic(
+        topic_name(settings, GAME_ROUNDS), key_type=bytes, value_type=bytes, key_serializer="raw",
+        value_serializer="raw", partitions=settings.topic_partitions,
+    )
+    game_round_results = app.topic(
+        topic_name(settings, GAME_ROUND_RESULTS), key_type=bytes, value_type=bytes, key_serializer="raw",
+        value_serializer="raw", partitions=settings.topic_partitions,
+    )
     # bytes key and value types make Faust use the raw codec for the changelog, both when
     # writing and when recovering; the value is the msgpack record of app.domain.wallet.codec.
     wallets = app.Table(
         WALLET_TABLE, default=None, partitions=settings.topic_partitions, key_type=bytes, value_type=bytes,
     )
-    return Streams(app=app, wallet_commands=wallet_commands, ledger_postings=ledger_postings, wallets=wallets)
+    return Streams(app=app, wallet_commands=wallet_commands, ledger_postings=ledger_postings,
+                   game_rounds=game_rounds, game_round_results=game_round_results, wallets=wallets)

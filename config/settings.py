@@ -68,6 +68,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("REPLY_TIMEOUT_MS", "5000", "How long an HTTP request waits for its agent's result before 504."),
     Setting("WALLET_CACHE_TTL_S", "30", "TTL of the Redis wallet snapshot."),
     Setting("IDEMPOTENCY_RETENTION_S", "259200", "How long operation ids and their results are kept (72 h minimum)."),
+    Setting("BET_HOLD_TTL_S", "120", "How long a bet's hold lives unsettled before it expires and is released."),
+    Setting("WITHDRAWAL_HOLD_TTL_S", "86400", "How long a withdrawal's hold waits for the PSP before it is released."),
+    Setting("LIMIT_INCREASE_DELAY_S", "86400", "Cooling period before a raised or removed responsible-gaming limit applies."),
+    Setting("MAX_DEPOSITS_PER_HOUR", "20", "Velocity limit: deposits a player may start per hour."),
+    Setting("MAX_WITHDRAWALS_PER_HOUR", "5", "Velocity limit: withdrawals a player may start per hour."),
+    Setting("BLOCKED_PAYOUT_DESTINATIONS", "", "Payout destinations refused for withdrawals, comma separated."),
+    Setting("EXPIRY_SCAN_INTERVAL_S", "60", "How often a worker rescans its table for holds and bonuses to expire."),
     Setting("LEDGER_FLUSH_MAX_ROWS", "2000", "Most postings flushed to PostgreSQL in one batch."),
     Setting("LEDGER_FLUSH_WITHIN_MS", "20", "Longest a posting waits in the flush buffer."),
     Setting("SIGNATURE_MAX_SKEW_S", "300", "Largest allowed difference between X-Timestamp and the server clock."),
@@ -148,6 +155,13 @@ class Settings:
     reply_timeout_ms: int
     wallet_cache_ttl_s: int
     idempotency_retention_s: int
+    bet_hold_ttl_s: int
+    withdrawal_hold_ttl_s: int
+    limit_increase_delay_s: int
+    max_deposits_per_hour: int
+    max_withdrawals_per_hour: int
+    blocked_payout_destinations: frozenset[str]
+    expiry_scan_interval_s: int
     ledger_flush_max_rows: int
     ledger_flush_within_ms: int
     signature_max_skew_s: int
@@ -204,6 +218,15 @@ class Settings:
             reply_timeout_ms=_positive_int("REPLY_TIMEOUT_MS", get("REPLY_TIMEOUT_MS")),
             wallet_cache_ttl_s=_positive_int("WALLET_CACHE_TTL_S", get("WALLET_CACHE_TTL_S")),
             idempotency_retention_s=_positive_int("IDEMPOTENCY_RETENTION_S", get("IDEMPOTENCY_RETENTION_S")),
+            bet_hold_ttl_s=_positive_int("BET_HOLD_TTL_S", get("BET_HOLD_TTL_S")),
+            withdrawal_hold_ttl_s=_positive_int("WITHDRAWAL_HOLD_TTL_S", get("WITHDRAWAL_HOLD_TTL_S")),
+            limit_increase_delay_s=_non_negative_int("LIMIT_INCREASE_DELAY_S", get("LIMIT_INCREASE_DELAY_S")),
+            max_deposits_per_hour=_positive_int("MAX_DEPOSITS_PER_HOUR", get("MAX_DEPOSITS_PER_HOUR")),
+            max_withdrawals_per_hour=_positive_int("MAX_WITHDRAWALS_PER_HOUR", get("MAX_WITHDRAWALS_PER_HOUR")),
+            blocked_payout_destinations=frozenset(
+                d.strip() for d in get("BLOCKED_PAYOUT_DESTINATIONS").split(",") if d.strip()
+            ),
+            expiry_scan_interval_s=_positive_int("EXPIRY_SCAN_INTERVAL_S", get("EXPIRY_SCAN_INTERVAL_S")),
             ledger_flush_max_rows=_positive_int("LEDGER_FLUSH_MAX_ROWS", get("LEDGER_FLUSH_MAX_ROWS")),
             ledger_flush_within_ms=_positive_int("LEDGER_FLUSH_WITHIN_MS", get("LEDGER_FLUSH_WITHIN_MS")),
             signature_max_skew_s=_positive_int("SIGNATURE_MAX_SKEW_S", get("SIGNATURE_MAX_SKEW_S")),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Mapping, Protocol, Sequence
 
+from app.domain.audit import AuditRecord
 from app.domain.ledger import Posting
 
 # (topic, partition) -> the next offset to read, i.e. last committed offset + 1.
@@ -12,9 +13,14 @@ Positions = Mapping[tuple[str, int], int]
 
 
 class LedgerStore(Protocol):
-    async def append(self, postings: Sequence[Posting], positions: Positions, consumer: str) -> int:
-        """Store the postings and the reader's positions in one transaction; a leg whose
-        (tenant_id, operation_id, leg) is already stored is skipped. Returns rows added."""
+    async def append(
+        self, postings: Sequence[Posting], positions: Positions, consumer: str, audit: Sequence[AuditRecord] = ()
+    ) -> int:
+        """Store the postings, the audit records and the reader's positions in one
+        transaction; a leg whose (tenant_id, operation_id, leg) is already stored is
+        skipped, and so is an audit record whose (tenant_id, audit_id) is. Returns the
+        ledger rows added (audit records are not counted). A system writer: one batch may
+        hold several tenants' rows."""
 
     async def positions(self, consumer: str) -> dict[tuple[str, int], int]: ...
 
@@ -22,6 +28,24 @@ class LedgerStore(Protocol):
         """Credits minus debits per account, over the whole ledger of a tenant."""
 
     async def entries(self, tenant_id: str, operation_id: str) -> list[Posting]: ...
+
+    async def history(
+        self, tenant_id: str, player_id: str, cursor: str | None, limit: int
+    ) -> tuple[list[dict], str | None]:
+        """The ledger legs whose player_id is the player's, newest first, at most `limit`
+        of them after the position `cursor` names (None: from the newest). Each leg is a
+        dict of entry_id, operation_id, leg, debit_account, credit_account, amount_minor,
+        currency, category, reason and created_at (ISO 8601, UTC). Returns the page and
+        the opaque cursor of the next one, or None when this page is the last. Raises
+        ValueError for a cursor this store did not make or a limit below 1."""
+
+    async def audit(self, tenant_id: str, player_id: str, limit: int) -> list[AuditRecord]:
+        """The player's latest `limit` audit records, newest (created_at) first."""
+
+    async def ledger_totals(self) -> dict[tuple[str, str], tuple[int, int]]:
+        """A system read over every tenant, for the reconciliation: (tenant_id, account)
+        -> (balance, turnover), where balance is credits minus debits and turnover is
+        credits plus debits. Half the sum of all turnovers is the ledger's volume."""
 
 
 class DepositRoutes(Protocol):

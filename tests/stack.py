@@ -61,6 +61,10 @@ class Stack:
             "PSP_SECRETS": f"sandbox:sandbox-secret:{self.tenant_id}",
             "HTTP_PORT": str(free_port()),
             "LOG_LEVEL": "warning",
+            # Short enough for the expiry test to watch a hold expire, long enough for
+            # every other test to settle its bets.
+            "BET_HOLD_TTL_S": "5",
+            "BLOCKED_PAYOUT_DESTINATIONS": "IBAN-BLOCKED",
             "PYTHONUNBUFFERED": "1",
         })
         self._base = base

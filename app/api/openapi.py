@@ -32,6 +32,11 @@ _ID = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.:\\-]{0,127}$"}
 _AMOUNT = {"type": "integer", "minimum": 1, "description": "minor units"}
 _CURRENCY = {"type": "string", "pattern": "^[A-Z]{3}$"}
 _AUTH_FAIL = {"401": "bad, stale or replayed signature", "400": "invalid request"}
+_RG_FAIL = {"403": "responsible-gaming, KYC/AML or block-list refusal (audited)"}
+_PERIODS = {"type": "object", "properties": {p: {"type": ["integer", "null"], "minimum": 0}
+                                             for p in ("day", "week", "month")}, "additionalProperties": False}
+_PLAYER = {"name": "player_id", "in": "path", "required": True, "schema": _ID}
+_HOLD = {"name": "hold_id", "in": "path", "required": True, "schema": {"type": "string"}}
 
 
 def openapi_document() -> dict:
@@ -53,22 +58,112 @@ def openapi_document() -> dict:
             )},
             "/v1/deposits": {"post": _op(
                 "Register a deposit; the PSP webhook settles it",
-                {"202": "PENDING", **_AUTH_FAIL, "404": "player_not_found", "409": "deposit_exists or idempotency_conflict",
-                 "422": "currency_not_supported", "504": "timeout (retry with the same key)"},
+                {"202": "PENDING", **_AUTH_FAIL, **_RG_FAIL, "404": "player_not_found",
+                 "409": "deposit_exists or idempotency_conflict", "422": "currency_not_supported",
+                 "429": "velocity_limit_exceeded", "504": "timeout (retry with the same key)"},
                 body=_obj(["deposit_id", "player_id", "amount", "currency", "method"], deposit_id=_ID, player_id=_ID,
                           amount=_AMOUNT, currency=_CURRENCY, method={"type": "string", "maxLength": 64},
                           idempotency_key=_ID),
             )},
             "/v1/psp/{psp}/webhooks": {"post": _op(
-                "PSP result for a deposit (signed with X-PSP-Signature, deduplicated by event_id)",
-                {"200": "applied", "400": "invalid request", "401": "invalid_signature", "404": "deposit_not_found",
-                 "409": "deposit_already_final or idempotency_conflict", "422": "amount_mismatch or fee_exceeds_amount"},
-                body=_obj(["event_id", "deposit_id", "status", "amount", "currency"], event_id=_ID, deposit_id=_ID,
+                "PSP result for a deposit or a withdrawal (signed with X-PSP-Signature, deduplicated by event_id)",
+                {"200": "applied", "400": "invalid request", "401": "invalid_signature",
+                 "404": "deposit_not_found or withdrawal_not_found",
+                 "409": "already final or idempotency_conflict", "422": "amount_mismatch or fee_exceeds_amount"},
+                body=_obj(["event_id", "status", "amount", "currency"], event_id=_ID, deposit_id=_ID,
                           withdrawal_id=_ID, status={"enum": ["SUCCEEDED", "FAILED"]}, amount=_AMOUNT,
                           currency=_CURRENCY, fee={"type": "integer", "minimum": 0}),
                 signed=False,
                 params=[{"name": "psp", "in": "path", "required": True, "schema": {"type": "string"}}],
             )},
+            "/v1/players/{player_id}/limits": {
+                "put": _op("Set responsible-gaming limits: lower at once, higher or removed after a cooling period",
+                           {"200": "limits in force and pending", **_AUTH_FAIL, "404": "player_not_found",
+                            "409": "cannot_shorten_exclusion"},
+                           body={"type": "object", "properties": {
+                               **{k: _PERIODS for k in ("deposit", "bet", "loss")},
+                               "session_minutes": {"type": ["integer", "null"], "minimum": 1},
+                               "cool_off_until": {"type": "integer", "description": "unix seconds"},
+                               "self_exclusion_until": {"type": "integer", "description": "unix seconds"}},
+                               "additionalProperties": False},
+                           params=[_PLAYER]),
+                "get": _op("Limits in force and pending", {"200": "limits", **_AUTH_FAIL, "404": "player_not_found"},
+                           params=[_PLAYER]),
+            },
+            "/v1/players/{player_id}/kyc": {"put": _op(
+                "Set KYC status and AML hold (audited)", {"200": "status", **_AUTH_FAIL, "404": "player_not_found"},
+                body=_obj(["kyc_status"], kyc_status={"enum": ["PENDING", "VERIFIED", "REJECTED"]},
+                          aml_hold={"type": "boolean"}), params=[_PLAYER])},
+            "/v1/players/{player_id}/postings": {"get": _op(
+                "The player's ledger legs, newest first, with a cursor",
+                {"200": "postings and next_cursor", **_AUTH_FAIL},
+                params=[_PLAYER, {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1,
+                                                                     "maximum": 500}}])},
+            "/v1/players/{player_id}/audit": {"get": _op(
+                "Refusals and changes recorded for the player, newest first", {"200": "audit records", **_AUTH_FAIL},
+                params=[_PLAYER, {"name": "limit", "in": "query", "schema": {"type": "integer"}}])},
+            "/v1/bets/place": {"post": _op(
+                "Hold a stake under a spend policy", {"201": "HELD with hold_id and expires_in", **_AUTH_FAIL,
+                                                      **_RG_FAIL, "409": "bet_exists or idempotency_conflict",
+                                                      "422": "insufficient_funds, policy_not_found"},
+                body=_obj(["bet_id", "player_id", "amount", "currency"], bet_id=_ID, player_id=_ID, amount=_AMOUNT,
+                          currency=_CURRENCY, source_policy={"enum": ["casino", "sports"]}, provider=_ID,
+                          idempotency_key=_ID))},
+            "/v1/bets/settle": {"post": _op(
+                "Settle a bet: the stake goes to the provider, a win pays out",
+                {"200": "SETTLED with cash_delta", **_AUTH_FAIL, "404": "bet_not_found",
+                 "409": "bet_already_settled, hold_not_open", "422": "invalid_payout"},
+                body=_obj(["bet_id", "result"], bet_id=_ID, result={"enum": ["WIN", "LOSS"]},
+                          payout={"type": "integer", "minimum": 0}))},
+            "/v1/bets/cancel": {"post": _op(
+                "Cancel a bet: the hold returns to its sources", {"200": "CANCELLED", **_AUTH_FAIL,
+                                                                  "404": "bet_not_found", "409": "bet_already_settled"},
+                body=_obj(["bet_id"], bet_id=_ID))},
+            "/v1/holds/{hold_id}/capture": {"post": _op(
+                "Capture part or all of a hold (several captures allowed)",
+                {"200": "captured and remaining", **_AUTH_FAIL, "404": "hold_not_found", "409": "hold_not_open",
+                 "422": "capture_exceeds_hold"},
+                body=_obj(["amount", "idempotency_key"], amount=_AMOUNT, idempotency_key=_ID), params=[_HOLD])},
+            "/v1/holds/{hold_id}/release": {"post": _op(
+                "Release what is left of a hold to its sources", {"200": "released", **_AUTH_FAIL,
+                                                                  "404": "hold_not_found", "409": "hold_not_open"},
+                body={"type": "object", "additionalProperties": False}, params=[_HOLD])},
+            "/v1/withdrawals": {"post": _op(
+                "Request a withdrawal: KYC/AML and anti-fraud checks, then a hold on cash",
+                {"202": "PENDING with status_url", **_AUTH_FAIL, **_RG_FAIL, "409": "withdrawal_exists",
+                 "422": "insufficient_funds", "429": "velocity_limit_exceeded"},
+                body=_obj(["withdrawal_id", "player_id", "amount", "currency", "method"], withdrawal_id=_ID,
+                          player_id=_ID, amount=_AMOUNT, currency=_CURRENCY, method={"type": "string"},
+                          destination={"type": "string"}, idempotency_key=_ID))},
+            "/v1/withdrawals/{withdrawal_id}": {"get": _op(
+                "A withdrawal's state", {"200": "state", **_AUTH_FAIL, "404": "withdrawal_not_found"},
+                params=[{"name": "withdrawal_id", "in": "path", "required": True, "schema": _ID}])},
+            "/v1/bonuses": {"post": _op(
+                "Grant a bonus with a wagering requirement", {"201": "ACTIVE", **_AUTH_FAIL, "409": "bonus_exists"},
+                body=_obj(["bonus_id", "player_id", "amount", "currency", "wager_required", "expires_at"],
+                          bonus_id=_ID, player_id=_ID, amount=_AMOUNT, currency=_CURRENCY,
+                          wager_required={"type": "integer", "minimum": 0},
+                          expires_at={"type": "integer", "description": "unix seconds"}, idempotency_key=_ID))},
+            "/v1/fx/rates": {"post": _op(
+                "Record an FX rate (major units, as a decimal string)", {"201": "recorded", **_AUTH_FAIL},
+                body=_obj(["base", "quote", "rate"], base=_CURRENCY, quote=_CURRENCY,
+                          rate={"type": "string", "example": "1.0873"},
+                          valid_from={"type": "integer", "description": "unix seconds"}))},
+            "/v1/fx/conversions": {"post": _op(
+                "Convert between currencies through FX accounts, banker's rounding, residue reported",
+                {"200": "debited, credited, rate, residue_minor", **_AUTH_FAIL,
+                 "422": "fx_rate_not_found, insufficient_funds, same_currency"},
+                body=_obj(["conversion_id", "player_id", "from_currency", "to_currency", "amount"],
+                          conversion_id=_ID, player_id=_ID, from_currency=_CURRENCY, to_currency=_CURRENCY,
+                          amount=_AMOUNT, wallet={"type": "string"}, idempotency_key=_ID))},
+            "/v1/adjustments": {"post": _op(
+                "A reasoned correction posting (audited)", {"201": "posted", **_AUTH_FAIL,
+                                                            "422": "insufficient_funds"},
+                body=_obj(["adjustment_id", "player_id", "wallet", "currency", "amount", "reason"],
+                          adjustment_id=_ID, player_id=_ID, wallet={"type": "string"}, currency=_CURRENCY,
+                          amount={"type": "integer", "description": "signed minor units"},
+                          reason={"type": "string"}, idempotency_key=_ID))},
             "/v1/wallets": {"get": _op(
                 "A player's wallets, from the Redis snapshot or the owning agent",
                 {"200": "wallets", **_AUTH_FAIL, "404": "player_not_found"},

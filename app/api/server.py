@@ -17,7 +17,9 @@ from redis.exceptions import RedisError
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from app.api import handlers as h
 from app.api import validation as v
+from app.api.handlers import SERVICES, SETTINGS
 from app.api.bus import CommandBus, ReplyTimeout
 from app.api.errors import error, json_response, result_response
 from app.api.openapi import openapi_document
@@ -26,17 +28,17 @@ from app.domain.wallet.core import PLAYER_WALLETS, ApplyPspResult, CreatePlayer,
 from app.messages import COMMAND_NAMES, READ_WALLET, request_hash, wallet_key
 from app.metrics import HTTP_ERRORS, HTTP_SECONDS
 from config import Settings, load_settings
-from storage.ports import DepositRoutes, SignatureGuard, WalletCache
+from storage.fx import FxRates, PostgresFxRates
+from storage.ports import DepositRoutes, LedgerStore, SignatureGuard, WalletCache
 from storage.postgres.migrate import migrate
-from storage.postgres.stores import PostgresDepositRoutes, create_pool
+from storage.postgres.stores import PostgresDepositRoutes, PostgresLedgerStore, create_pool
 from storage.redis.stores import RedisSignatureGuard, RedisWalletCache, connect as connect_redis, worker_key_prefix
 
 log = logging.getLogger("bankroll.web")
 
-SETTINGS = web.AppKey("settings", Settings)
-SERVICES = web.AppKey("services", object)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 class Services:
@@ -50,6 +52,8 @@ class Services:
         signatures: SignatureGuard,
         redis_client: aioredis.Redis,
         pool: asyncpg.Pool,
+        ledger: LedgerStore,
+        fx_rates: FxRates,
     ) -> None:
         self.bus = bus
         self.cache = cache
@@ -57,6 +61,8 @@ class Services:
         self.signatures = signatures
         self.redis = redis_client
         self.pool = pool
+        self.ledger = ledger
+        self.fx_rates = fx_rates
 
 
 def _services(request: web.Request) -> Services:
@@ -80,6 +86,8 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         response = error("method_not_allowed", "method not allowed on this route")
     except v.InvalidRequest as exc:
         response = error("invalid_request", str(exc))
+    except h.NotFound as exc:
+        response = error(exc.code, str(exc))
     except ReplyTimeout:
         response = error("timeout", "the operation did not complete in time; retry with the same idempotency key")
     except (ConnectionError, OSError, RedisError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
@@ -116,111 +124,18 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
         now_s=int(time.time()),
         max_skew_s=settings.signature_max_skew_s,
     )
-    if result is AuthResult.OK and not await _services(request).signatures.first_use(
-        signature or "", 2 * settings.signature_max_skew_s
+    # Only a request that can write is refused when replayed: a read sent twice in one
+    # second (a widget polling a balance) carries the same signature and changes nothing.
+    if (
+        result is AuthResult.OK
+        and request.method not in SAFE_METHODS
+        and not await _services(request).signatures.first_use(signature or "", 2 * settings.signature_max_skew_s)
     ):
         result = AuthResult.REPLAYED_SIGNATURE
     if result is not AuthResult.OK or api_key is None:
         return error(result, "the request signature was not accepted")
     request["tenant_id"] = api_key.tenant_id
     return await handler(request)
-
-
-async def _dispatch(
-    request: web.Request, tenant_id: str, player_id: str, command: object, operation_key: str, meaning: dict
-) -> web.Response:
-    code, body = await _services(request).bus.request(
-        wallet_key(tenant_id, player_id),
-        {
-            "tenant_id": tenant_id,
-            "operation_key": operation_key,
-            "request_hash": request_hash(meaning),
-            "now_ms": int(time.time() * 1000),
-        },
-        COMMAND_NAMES[type(command)],
-        asdict(command),  # type: ignore[call-overload]
-    )
-    return result_response(code, body)
-
-
-async def create_player(request: web.Request) -> web.Response:
-    body = v.parse_json_object(await request.read())
-    v.no_unknown_fields(body, {"player_id", "currency", "country"})
-    command = CreatePlayer(player_id=v.ident(body, "player_id"), currency=v.currency(body), country=v.country(body))
-    return await _dispatch(
-        request, request["tenant_id"], command.player_id, command, f"player:{command.player_id}", body
-    )
-
-
-async def create_deposit(request: web.Request) -> web.Response:
-    body = v.parse_json_object(await request.read())
-    v.no_unknown_fields(body, {"deposit_id", "player_id", "amount", "currency", "method", "idempotency_key"})
-    command = RequestDeposit(
-        deposit_id=v.ident(body, "deposit_id"),
-        player_id=v.ident(body, "player_id"),
-        amount_minor=v.amount(body, "amount"),
-        currency=v.currency(body),
-        method=v.text(body, "method"),
-    )
-    idempotency_key = v.ident(body, "idempotency_key", required=False) or command.deposit_id
-    tenant_id = request["tenant_id"]
-    routes = _services(request).routes
-    owner = await routes.lookup(tenant_id, command.deposit_id)
-    if owner not in (None, command.player_id):
-        return error("deposit_exists", "a deposit with this id belongs to another player")
-    response = await _dispatch(request, tenant_id, command.player_id, command, f"deposit:{idempotency_key}", body)
-    # The route is written only for an accepted deposit, and before the 202 goes out: the
-    # client tells its PSP about the deposit after the 202, so every webhook finds it.
-    if response.status == 202 and await routes.claim(tenant_id, command.deposit_id, command.player_id) != command.player_id:
-        return error("deposit_exists", "a deposit with this id belongs to another player")
-    return response
-
-
-async def psp_webhook(request: web.Request) -> web.Response:
-    settings = request.app[SETTINGS]
-    psp = settings.psp(request.match_info["psp"])
-    if psp is None:
-        return error("not_found", "no such PSP")
-    raw = await request.read()
-    if not check_psp(psp.secret, raw, request.headers.get("X-PSP-Signature")):
-        return error(AuthResult.INVALID_SIGNATURE, "the PSP signature was not accepted")
-    body = v.parse_json_object(raw)
-    v.no_unknown_fields(body, {"event_id", "deposit_id", "withdrawal_id", "status", "amount", "currency", "fee"})
-    if "deposit_id" not in body:
-        raise v.InvalidRequest("`deposit_id` is required: this endpoint settles deposits")
-    command = ApplyPspResult(
-        psp=psp.name,
-        event_id=v.ident(body, "event_id"),
-        deposit_id=v.ident(body, "deposit_id"),
-        status=v.one_of(body, "status", ("SUCCEEDED", "FAILED")),
-        amount_minor=v.amount(body, "amount"),
-        currency=v.currency(body),
-        fee_minor=v.amount(body, "fee", allow_zero=True) if "fee" in body else 0,
-    )
-    player_id = await _services(request).routes.lookup(psp.tenant_id, command.deposit_id)
-    if player_id is None:
-        return error("deposit_not_found", "no such deposit")
-    return await _dispatch(request, psp.tenant_id, player_id, command, f"psp:{psp.name}:{command.event_id}", body)
-
-
-async def get_wallets(request: web.Request) -> web.Response:
-    player_id = v.ident(dict(request.query), "player_id")
-    types = v.wallet_types(request.query.get("types"), PLAYER_WALLETS)
-    tenant_id = request["tenant_id"]
-    services = _services(request)
-    cached = await services.cache.get(tenant_id, player_id)
-    if cached is not None:
-        code, body = "ok", json.loads(cached)
-    else:
-        code, body = await services.bus.request(
-            wallet_key(tenant_id, player_id),
-            {"tenant_id": tenant_id, "operation_key": "", "request_hash": "", "now_ms": int(time.time() * 1000)},
-            READ_WALLET,
-            {},
-        )
-    if code == "ok" and types:
-        body = {**body, "wallets": [w for w in body["wallets"] if w["type"] in types]}
-    return result_response(code, body)
 
 
 async def health(request: web.Request) -> web.Response:
@@ -274,10 +189,26 @@ def create_web_app(settings: Settings, services: Services | None = None) -> web.
     app.router.add_get("/ready", ready)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi)
-    app.router.add_post("/v1/players", create_player)
-    app.router.add_post("/v1/deposits", create_deposit)
-    app.router.add_post("/v1/psp/{psp}/webhooks", psp_webhook)
-    app.router.add_get("/v1/wallets", get_wallets)
+    app.router.add_post("/v1/players", h.create_player)
+    app.router.add_put("/v1/players/{player_id}/limits", h.set_limits)
+    app.router.add_get("/v1/players/{player_id}/limits", h.get_limits)
+    app.router.add_put("/v1/players/{player_id}/kyc", h.set_status)
+    app.router.add_get("/v1/players/{player_id}/postings", h.get_postings)
+    app.router.add_get("/v1/players/{player_id}/audit", h.get_audit)
+    app.router.add_post("/v1/deposits", h.create_deposit)
+    app.router.add_post("/v1/psp/{psp}/webhooks", h.psp_webhook)
+    app.router.add_post("/v1/bets/place", h.place_bet)
+    app.router.add_post("/v1/bets/settle", h.settle_bet)
+    app.router.add_post("/v1/bets/cancel", h.cancel_bet)
+    app.router.add_post("/v1/holds/{hold_id}/capture", h.capture_hold)
+    app.router.add_post("/v1/holds/{hold_id}/release", h.release_hold)
+    app.router.add_post("/v1/withdrawals", h.create_withdrawal)
+    app.router.add_get("/v1/withdrawals/{withdrawal_id}", h.get_withdrawal)
+    app.router.add_post("/v1/bonuses", h.grant_bonus)
+    app.router.add_post("/v1/fx/rates", h.add_fx_rate)
+    app.router.add_post("/v1/fx/conversions", h.convert_fx)
+    app.router.add_post("/v1/adjustments", h.adjust)
+    app.router.add_get("/v1/wallets", h.get_wallets)
     if services is not None:
         app[SERVICES] = services
     else:
@@ -299,6 +230,8 @@ async def _connect(app: web.Application):  # type: ignore[no-untyped-def]
         signatures=RedisSignatureGuard(redis_client),
         redis_client=redis_client,
         pool=pool,
+        ledger=PostgresLedgerStore(pool),
+        fx_rates=PostgresFxRates(pool),
     )
     log.info("Bankroll API listening on http://%s:%d", settings.http_host, settings.http_port)
     yield

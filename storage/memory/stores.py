@@ -4,24 +4,43 @@ from __future__ import annotations
 import json
 import time
 from collections import defaultdict
+from dataclasses import replace
 from typing import Sequence
 
+from app.domain.audit import AuditRecord
 from app.domain.ledger import Posting, account_deltas
+from storage.history import check_limit, decode_cursor, encode_cursor, history_row
 from storage.ports import Positions
 
 
 class MemoryLedgerStore:
     def __init__(self) -> None:
-        self._rows: dict[tuple[str, str, int], Posting] = {}
+        # Rows keep the entry id PostgreSQL's bigserial would give them: increasing in
+        # insertion order, so history pages in the same order as in PostgreSQL.
+        self._rows: dict[tuple[str, str, int], tuple[int, Posting]] = {}
+        self._next_entry_id = 1
+        self._audit: dict[tuple[str, str], tuple[int, AuditRecord]] = {}
+        self._next_audit_seq = 1
         self._positions: dict[str, dict[tuple[str, int], int]] = defaultdict(dict)
 
-    async def append(self, postings: Sequence[Posting], positions: Positions, consumer: str) -> int:
+    async def append(
+        self, postings: Sequence[Posting], positions: Positions, consumer: str, audit: Sequence[AuditRecord] = ()
+    ) -> int:
         added = 0
         for p in postings:
             key = (p.tenant_id, p.operation_id, p.leg)
             if key not in self._rows:
-                self._rows[key] = p
+                self._rows[key] = (self._next_entry_id, p)
+                self._next_entry_id += 1
                 added += 1
+        for record in audit:
+            # A copy of the detail, as PostgreSQL keeps its own jsonb: a caller changing
+            # its dict afterwards must not change what was stored.
+            key = (record.tenant_id, record.audit_id)
+            if key not in self._audit:
+                stored = replace(record, detail=json.loads(json.dumps(record.detail)))
+                self._audit[key] = (self._next_audit_seq, stored)
+                self._next_audit_seq += 1
         mine = self._positions[consumer]
         for tp, offset in positions.items():
             mine[tp] = max(mine.get(tp, 0), offset)
@@ -31,13 +50,50 @@ class MemoryLedgerStore:
         return dict(self._positions[consumer])
 
     async def account_balances(self, tenant_id: str) -> dict[str, int]:
-        return account_deltas(p for p in self._rows.values() if p.tenant_id == tenant_id)
+        return account_deltas(p for _, p in self._rows.values() if p.tenant_id == tenant_id)
 
     async def entries(self, tenant_id: str, operation_id: str) -> list[Posting]:
         return sorted(
-            (p for (t, op, _), p in self._rows.items() if t == tenant_id and op == operation_id),
+            (p for (t, op, _), (_, p) in self._rows.items() if t == tenant_id and op == operation_id),
             key=lambda p: p.leg,
         )
+
+    async def history(
+        self, tenant_id: str, player_id: str, cursor: str | None, limit: int
+    ) -> tuple[list[dict], str | None]:
+        before = None if cursor is None else decode_cursor(cursor)
+        check_limit(limit)
+        legs = sorted(
+            (
+                (entry_id, p) for entry_id, p in self._rows.values()
+                if p.tenant_id == tenant_id and p.player_id == player_id and (before is None or entry_id < before)
+            ),
+            key=lambda item: item[0],
+            reverse=True,
+        )
+        page = legs[:limit]
+        next_cursor = encode_cursor(page[-1][0]) if len(legs) > limit else None
+        return [history_row(entry_id, p) for entry_id, p in page], next_cursor
+
+    async def audit(self, tenant_id: str, player_id: str, limit: int) -> list[AuditRecord]:
+        check_limit(limit)
+        mine = sorted(
+            (
+                (record.created_at_ms, seq, record) for seq, record in self._audit.values()
+                if record.tenant_id == tenant_id and record.player_id == player_id
+            ),
+            key=lambda item: (item[0], item[1]),
+            reverse=True,
+        )
+        return [replace(record, detail=json.loads(json.dumps(record.detail))) for _, _, record in mine[:limit]]
+
+    async def ledger_totals(self) -> dict[tuple[str, str], tuple[int, int]]:
+        totals: dict[tuple[str, str], tuple[int, int]] = {}
+        for _, p in self._rows.values():
+            for account, delta in ((p.debit_account, -p.amount_minor), (p.credit_account, p.amount_minor)):
+                balance, turnover = totals.get((p.tenant_id, account), (0, 0))
+                totals[(p.tenant_id, account)] = (balance + delta, turnover + p.amount_minor)
+        return totals
 
 
 class MemoryDepositRoutes:

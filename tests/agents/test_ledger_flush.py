@@ -8,7 +8,7 @@ import pytest
 
 from agents.ledger_flush import CONSUMER_NAME, flush_batch, run_ledger_flush
 from app.domain.ledger import Posting
-from app.messages import encode_postings
+from app.messages import encode_ledger_batch
 from storage.memory.stores import MemoryLedgerStore
 
 
@@ -30,7 +30,7 @@ def posting(op: str, leg: int = 0) -> Posting:
 
 
 def event(op: str, offset: int, partition: int = 0) -> Event:
-    return Event(encode_postings([posting(op, 0), posting(op, 1)]), Message("ledger.postings", partition, offset))
+    return Event(encode_ledger_batch([posting(op, 0), posting(op, 1)]), Message("ledger.postings", partition, offset))
 
 
 class FlakyStore(MemoryLedgerStore):
@@ -41,12 +41,12 @@ class FlakyStore(MemoryLedgerStore):
         self.failures = failures
         self.log = log
 
-    async def append(self, postings, positions, consumer):
+    async def append(self, postings, positions, consumer, audit=()):
         if self.failures:
             self.failures -= 1
             self.log.append("append failed")
             raise ConnectionError("PostgreSQL is restarting")
-        added = await super().append(postings, positions, consumer)
+        added = await super().append(postings, positions, consumer, audit=audit)
         self.log.append(f"committed {added}")
         return added
 

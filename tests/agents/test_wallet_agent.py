@@ -6,7 +6,7 @@ import json
 
 from agents.worker import WorkerResources, build_worker
 from app.domain.wallet.codec import decode_state
-from app.messages import CommandEnvelope, decode_postings, decode_reply, request_hash, wallet_key
+from app.messages import CommandEnvelope, decode_ledger_batch, decode_reply, request_hash, wallet_key
 from config import Settings
 from storage.memory.stores import MemoryLedgerStore, MemoryWalletCache
 
@@ -77,14 +77,15 @@ async def test_wallet_agent_decides_stores_and_emits():
         assert snapshot["wallets"][0]["available"] == 4_900 and snapshot["version"] == 3
 
         # Both runs of the webhook emitted the same two legs to the ledger topic.
-        sent = [decode_postings(value) for _, value in resources.postings]
+        sent = [decode_ledger_batch(value)[0] for _, value in resources.postings]
         assert len(sent) == 2 and sent[0] == sent[1]
         assert [(p.leg, p.amount_minor) for p in sent[0]] == [(0, 5_000), (1, 100)]
 
 
 
 async def test_an_undecodable_message_is_skipped_not_fatal():
-    from agents.wallet import WalletAgentDeps, handle_wallet_message
+    from agents.wallet import ExpiryScheduler, WalletAgentDeps, handle_wallet_message
+    from app.domain.wallet.core import Rules
     from app.metrics import POISON_MESSAGES
 
     replies: list = []
@@ -95,8 +96,9 @@ async def test_an_undecodable_message_is_skipped_not_fatal():
     async def send(key: bytes, value: bytes) -> None:
         raise AssertionError("nothing may be emitted for a poison message")
 
-    deps = WalletAgentDeps(table={}, send_postings=send, publish_reply=publish, cache=MemoryWalletCache(),
-                           cache_ttl_s=30, retention_ms=1)
+    deps = WalletAgentDeps(table={}, send_ledger=send, publish_reply=publish, send_topic_reply=send,
+                           cache=MemoryWalletCache(), cache_ttl_s=30, retention_ms=1, rules=Rules(),
+                           scheduler=ExpiryScheduler())
     before = POISON_MESSAGES._value.get()
     await handle_wallet_message(deps, b"dev|p1", b"\xc1 not msgpack")
     assert POISON_MESSAGES._value.get() == before + 1

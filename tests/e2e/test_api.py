@@ -100,6 +100,12 @@ async def test_bad_stale_or_replayed_signatures_are_refused_and_write_nothing(st
     replay = await client.call("POST", path, body, headers=good)
     assert replay[0] == 401 and replay[1]["error"]["code"] == "replayed_signature"
 
+    # A read cannot write, so the same signed GET twice (a widget polling) is answered twice.
+    read_path = f"/v1/wallets?player_id={player}"
+    read_headers = client.headers("GET", read_path, b"")
+    first = await client.call("GET", read_path, b"", headers=read_headers)
+    assert first[0] == 200 and await client.call("GET", read_path, b"", headers=read_headers) == first
+
 
 BAD_REQUESTS = [
     ("/v1/players", b"not json", 400),

@@ -8,7 +8,9 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
+from app.domain.audit import AuditRecord
 from app.domain.ledger import Posting, check_deltas_balance
+from storage.history import encode_cursor
 from storage.memory.stores import MemoryDepositRoutes, MemoryLedgerStore, MemorySignatureGuard, MemoryWalletCache
 from storage.postgres.migrate import migrate
 from storage.postgres.stores import PostgresDepositRoutes, PostgresLedgerStore
@@ -103,13 +105,129 @@ async def test_signature_is_accepted_once(redis_adapters):
     assert await guard.first_use(uuid.uuid4().hex, 600)
 
 
-async def test_ledger_rows_cannot_be_changed_or_removed(stack):
+@pytest.mark.parametrize("table, column", [("ledger_entries", "amount_minor"), ("audit_log", "code")])
+async def test_ledger_and_audit_rows_cannot_be_changed_or_removed(stack, table, column):
+    await migrate(stack.env["DATABASE_URL"])
     conn = await asyncpg.connect(stack.env["DATABASE_URL"])
     try:
-        await migrate(stack.env["DATABASE_URL"])
-        for statement in ("UPDATE ledger_entries SET amount_minor = 1", "DELETE FROM ledger_entries",
-                          "TRUNCATE ledger_entries"):
+        for statement in (f"UPDATE {table} SET {column} = {column}", f"DELETE FROM {table}", f"TRUNCATE {table}"):
             with pytest.raises(asyncpg.RaiseError, match="append-only"):
                 await conn.execute(statement)
     finally:
         await conn.close()
+
+
+def record(tenant: str, audit_id: str, created_at_ms: int, player: str = "p1", **detail) -> AuditRecord:
+    return AuditRecord(tenant, audit_id, player, "refusal", "deposit_limit_exceeded", created_at_ms,
+                       detail or {"limit": 10_000, "attempted": 12_050, "period": "day"})
+
+
+async def test_audit_records_are_stored_with_the_batch_once(pg_adapters):
+    ledger, _ = pg_adapters
+    tenant = f"t{uuid.uuid4().hex}"
+    consumer = f"c{uuid.uuid4().hex}"
+    first = [record(tenant, "a1", 1_700_000_000_100), record(tenant, "a2", 1_700_000_000_300)]
+    assert await ledger.append(legs(tenant, "op1"), {("ledger.postings", 0): 1}, consumer, audit=first) == 2
+    # A redelivered batch stores nothing twice, even when a record's content differs.
+    again = [record(tenant, "a1", 1_700_000_000_100, note="changed"), record(tenant, "a3", 1_700_000_000_200)]
+    assert await ledger.append(legs(tenant, "op1"), {("ledger.postings", 0): 2}, consumer, audit=again) == 0
+    # Audit records alone, with no postings, are stored too.
+    assert await ledger.append([], {}, consumer, audit=[record(tenant, "b1", 1_700_000_000_050, player="p2")]) == 0
+
+    assert [r.audit_id for r in await ledger.audit(tenant, "p1", 10)] == ["a2", "a3", "a1"]
+    assert await ledger.audit(tenant, "p1", 2) == [first[1], again[1]]
+    assert await ledger.audit(tenant, "p2", 10) == [record(tenant, "b1", 1_700_000_000_050, player="p2")]
+    assert await ledger.audit(tenant, "nobody", 10) == []
+    assert await ledger.audit(f"other{tenant}", "p1", 10) == []
+    assert await ledger.positions(consumer) == {("ledger.postings", 0): 2}
+    with pytest.raises(ValueError):
+        await ledger.audit(tenant, "p1", 0)
+
+
+async def test_audit_records_with_equal_times_list_newest_stored_first(pg_adapters):
+    ledger, _ = pg_adapters
+    tenant = f"t{uuid.uuid4().hex}"
+    for audit_id in ("x", "y", "z"):
+        await ledger.append([], {}, "c", audit=[record(tenant, audit_id, 1_700_000_000_000)])
+    assert [r.audit_id for r in await ledger.audit(tenant, "p1", 10)] == ["z", "y", "x"]
+
+
+def player_leg(tenant: str, op: str, player: str, amount: int, leg: int = 0, at_ms: int = 1_700_000_000_123) -> Posting:
+    return Posting(tenant, op, leg, "system:PSP_SETTLEMENT:sandbox:EUR", f"player:{player}:CASH:EUR", amount, "EUR",
+                   "deposit", at_ms, f"psp sandbox event {op}", player)
+
+
+async def test_history_pages_newest_first_without_gaps_or_repeats(pg_adapters):
+    ledger, _ = pg_adapters
+    tenant = f"t{uuid.uuid4().hex}"
+    for i in range(25):
+        # Another player's and another tenant's legs interleave with the player's own.
+        op = f"op{i:02d}"
+        await ledger.append([player_leg(tenant, op, "p1", 100 + i), player_leg(tenant, op, "p2", 1, leg=1)], {}, "c")
+        await ledger.append([player_leg(f"other{tenant}", op, "p1", 5)], {}, "c")
+
+    pages, cursor = [], None
+    while True:
+        page, cursor = await ledger.history(tenant, "p1", cursor, 10)
+        pages.append(page)
+        if cursor is None:
+            break
+    assert [len(page) for page in pages] == [10, 10, 5]
+    rows = [row for page in pages for row in page]
+    assert [row["operation_id"] for row in rows] == [f"op{i:02d}" for i in reversed(range(25))]
+    assert [row["amount_minor"] for row in rows] == [100 + i for i in reversed(range(25))]
+    entry_ids = [row["entry_id"] for row in rows]
+    assert entry_ids == sorted(set(entry_ids), reverse=True)
+
+
+async def test_history_row_shape_and_last_page(pg_adapters):
+    ledger, _ = pg_adapters
+    tenant = f"t{uuid.uuid4().hex}"
+    await ledger.append(legs(tenant, "op1"), {}, "c")
+    page, cursor = await ledger.history(tenant, "p1", None, 2)
+    assert cursor is None  # exactly a full page, and nothing after it
+    assert [{k: v for k, v in row.items() if k != "entry_id"} for row in page] == [
+        {"operation_id": "op1", "leg": 1, "debit_account": "player:p1:CASH:EUR",
+         "credit_account": "system:PSP_FEES:sandbox:EUR", "amount_minor": 10, "currency": "EUR",
+         "category": "deposit_fee", "reason": "psp sandbox event e1", "created_at": "2023-11-14T22:13:20.123Z"},
+        {"operation_id": "op1", "leg": 0, "debit_account": "system:PSP_SETTLEMENT:sandbox:EUR",
+         "credit_account": "player:p1:CASH:EUR", "amount_minor": 100, "currency": "EUR",
+         "category": "deposit", "reason": "psp sandbox event e1", "created_at": "2023-11-14T22:13:20.123Z"},
+    ]
+    assert all(isinstance(row["entry_id"], int) for row in page)
+    first, cursor = await ledger.history(tenant, "p1", None, 1)
+    assert first == page[:1] and cursor is not None
+    assert await ledger.history(tenant, "p1", cursor, 1) == (page[1:], None)
+    assert await ledger.history(tenant, "nobody", None, 10) == ([], None)
+    assert await ledger.history(f"other{tenant}", "p1", None, 10) == ([], None)
+
+
+# Padded, negative, zero-led, not a number, beyond bigint, trailing junk: none is a cursor
+# the store made ("MTA" is the cursor of entry 10).
+@pytest.mark.parametrize("cursor", ["", "!!!", "not base64", "MTA=", "LTU", "MDE", "YWJj", encode_cursor(2**63),
+                                    "MTA\n", "MTA.", 42])
+async def test_history_refuses_a_malformed_cursor(pg_adapters, cursor):
+    ledger, _ = pg_adapters
+    with pytest.raises(ValueError):
+        await ledger.history("t", "p1", cursor, 10)
+
+
+async def test_history_refuses_a_limit_below_one(pg_adapters):
+    ledger, _ = pg_adapters
+    with pytest.raises(ValueError):
+        await ledger.history("t", "p1", None, 0)
+
+
+async def test_ledger_totals_cover_every_tenant(pg_adapters):
+    ledger, _ = pg_adapters
+    a, b = f"a{uuid.uuid4().hex}", f"b{uuid.uuid4().hex}"
+    await ledger.append(legs(a, "op1") + legs(b, "op1", amount=70, fee=5), {}, "c")
+    totals = {key: value for key, value in (await ledger.ledger_totals()).items() if key[0] in (a, b)}
+    assert totals == {
+        (a, "system:PSP_SETTLEMENT:sandbox:EUR"): (-100, 100),
+        (a, "player:p1:CASH:EUR"): (90, 110),
+        (a, "system:PSP_FEES:sandbox:EUR"): (10, 10),
+        (b, "system:PSP_SETTLEMENT:sandbox:EUR"): (-70, 70),
+        (b, "player:p1:CASH:EUR"): (65, 75),
+        (b, "system:PSP_FEES:sandbox:EUR"): (5, 5),
+    }

@@ -29,3 +29,9 @@ def test_documented_error_statuses_are_ones_the_code_can_return():
 def test_every_result_code_maps_to_a_4xx_or_5xx_unless_it_is_a_success():
     for code, status in STATUS.items():
         assert status in (200, 201, 202) or 400 <= status < 600, code
+
+
+def test_every_wallet_result_code_has_an_http_status():
+    from app.domain.wallet.core import WalletResult
+
+    assert [code for code in WalletResult if code not in STATUS] == []

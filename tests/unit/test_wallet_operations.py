@@ -288,7 +288,9 @@ def test_fx_uses_bankers_rounding_in_minor_units(amount, rate, src, dst, expecte
 
 def test_fx_conversion_posts_through_fx_accounts_and_books_the_residue():
     w = funded(cash=1_000)
-    d = w.do(ConvertFx("fx1", "CASH", "EUR", "USD", 333, "1.33333", T0))
+    # A rate read back from numeric(24,12) carries trailing zeros; reports do not.
+    d = w.do(ConvertFx("fx1", "CASH", "EUR", "USD", 333, "1.333330000000", T0))
+    assert d.outcome.body["rate"] == "1.33333"
     assert d.outcome.body["credited"] == 444 and d.outcome.body["residue_minor"] == "-0.00111"
     assert [(p.debit_account, p.credit_account, p.amount_minor) for p in d.postings] == [
         ("player:p1:CASH:EUR", "system:FX_EURUSD:EUR", 333), ("system:FX_EURUSD:USD", "player:p1:CASH:USD", 444)]
@@ -364,6 +366,16 @@ def test_a_lower_limit_applies_at_once_a_higher_one_after_the_cooling_period():
     assert w.code(PlaceBet("b1", 1_500, "EUR", "casino"), advance_ms=DAY_MS) is R.CREATED
     w.do(SetLimits(amounts=(("bet", "day", None),)))  # removal also waits
     assert w.code(PlaceBet("b2", 1_501, "EUR", "casino")) is R.BET_LIMIT_EXCEEDED
+
+
+def test_repeating_a_raise_keeps_its_cooling_period_and_the_current_value_cancels_it():
+    w = funded(cash=5_000)
+    w.do(SetLimits(amounts=(("deposit", "week", 1_000),)))
+    first = w.do(SetLimits(amounts=(("deposit", "week", 2_000),)))
+    again = w.do(SetLimits(amounts=(("deposit", "week", 2_000),)), advance_ms=DAY_MS // 2)
+    assert again.outcome.body["pending"] == first.outcome.body["pending"]
+    cancelled = w.do(SetLimits(amounts=(("deposit", "week", 1_000),)))
+    assert cancelled.outcome.body["pending"] == {} and cancelled.outcome.body["limits"]["deposit:week"] == 1_000
 
 
 def test_session_limit_counts_continuous_play():

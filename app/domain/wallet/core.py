@@ -590,7 +590,10 @@ def _set_limits(state: WalletState, cmd: SetLimits, ctx: Context) -> Decision:
         if value is not None and (old is None or value <= old):
             values[key] = value
             pending.pop(key, None)
-        elif value != old:
+        elif value == old:
+            pending.pop(key, None)  # asking for the limit in force withdraws a pending change
+        elif key not in pending or pending[key][0] != value:
+            # Asking again for the same raise must not restart its cooling period.
             pending[key] = (value, ctx.now_ms + ctx.rules.limit_increase_delay_ms)
     limits = Limits(
         values=values, pending=pending,
@@ -873,6 +876,12 @@ def fx_convert_amount(amount_minor: int, rate: Decimal, from_currency: str, to_c
     return int(rounded), exact - rounded
 
 
+def _decimal_text(value: Decimal) -> str:
+    """Plain notation without trailing zeros: 1.333330000000 -> 1.33333, 1E-7 -> 0.0000001."""
+    text = format(value.normalize(), "f")
+    return "0" if text in ("-0", "0") else text
+
+
 def _convert_fx(state: WalletState, cmd: ConvertFx, ctx: Context) -> Decision:
     if cmd.from_currency == cmd.to_currency:
         return _reject(WalletResult.SAME_CURRENCY, "from and to currency are the same")
@@ -890,7 +899,8 @@ def _convert_fx(state: WalletState, cmd: ConvertFx, ctx: Context) -> Decision:
     fx = f"FX_{cmd.from_currency}{cmd.to_currency}"
     # The residue (exact minus rounded, in minor units of the target) is booked on the
     # postings' reason and in the response, never dropped silently.
-    reason = f"rate {rate} valid_from_ms {cmd.rate_valid_from_ms} residue {residue} {cmd.to_currency} minor"
+    rate_text, residue_text = _decimal_text(rate), _decimal_text(residue)
+    reason = f"rate {rate_text} valid_from_ms {cmd.rate_valid_from_ms} residue {residue_text} {cmd.to_currency} minor"
     legs = _Legs(state, ctx, f"fx:{cmd.conversion_id}", reason)
     legs.add(legs.player(cmd.wallet, cmd.from_currency), system_account(fx, cmd.from_currency), cmd.amount_minor,
              cmd.from_currency, "fx_out")
@@ -898,8 +908,8 @@ def _convert_fx(state: WalletState, cmd: ConvertFx, ctx: Context) -> Decision:
              cmd.to_currency, "fx_in")
     postings = legs.postings()
     body = {"conversion_id": cmd.conversion_id, "debited": cmd.amount_minor, "credited": converted,
-            "from_currency": cmd.from_currency, "to_currency": cmd.to_currency, "rate": str(rate),
-            "residue_minor": str(residue)}
+            "from_currency": cmd.from_currency, "to_currency": cmd.to_currency, "rate": rate_text,
+            "residue_minor": residue_text}
     return Decision(Outcome(WalletResult.OK, body), _money_events(state, postings), postings)
 
 

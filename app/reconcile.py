@@ -1,0 +1,443 @@
+"""Reconciliation: `python -m app.reconcile [--tenant T] [--wait-s 10] [--confirm-after-s 1]`.
+
+Every player account is held three times: the PostgreSQL ledger (the long-term truth), the
+wallet record in the agents' changelogged `wallets` table (what the agents decide from),
+and the Redis snapshot (what reads are served from). This compares them per account
+`player:{player_id}:{TYPE}:{CUR}`:
+
+- ledger balance (credits minus debits, app.domain.ledger.account_deltas semantics)
+  against the table record's balances["{TYPE}:{CUR}"] (a missing key is 0);
+- the Redis snapshot's "available" for that type and currency against the record. An
+  expired snapshot is "not cached", not drift.
+
+It prints every account with drift and a summary with the total absolute drift in minor
+units and in ppm of the ledger's volume (the sum of all leg amounts), and exits 0 when
+there is no drift, 1 when there is, 2 when it could not reconcile (a service down).
+
+The ledger trails the table by the flush delay, so the ledger is read only once the
+ledger flush has caught up with the end of `ledger.postings`. Under live traffic a player
+active during the run can still look out of step for a moment, so an account found
+drifting is checked once more after a pause and reported only when it drifts both times.
+
+The comparison (`compare`, `confirm`, `render`) is pure: plain data in, report out. The
+functions below it do the reading."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field, replace
+from typing import Iterable, Mapping, TextIO
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from app.domain.ledger import player_account
+from app.domain.wallet.codec import decode_state
+from app.streaming import LEDGER_POSTINGS, WALLET_TABLE, topic_name
+from config import Settings, load_settings
+from storage.ports import LedgerStore
+from storage.postgres.stores import PostgresLedgerStore, create_pool
+from storage.redis.stores import connect as connect_redis, wallet_cache_key
+
+# The consumer name the ledger flush (agents/ledger_flush.py) records its stream positions
+# under. Spelled out here because app/ does not import the agents built on top of it; a
+# test keeps the two equal.
+LEDGER_FLUSH_CONSUMER = "ledger-flush"
+
+EXIT_OK, EXIT_DRIFT, EXIT_ERROR = 0, 1, 2
+
+NOT_CACHED = "not cached"
+NOT_IN_SNAPSHOT = "not in snapshot"
+CACHED = "cached"
+
+
+# ---------------------------------------------------------------- the pure comparison
+
+@dataclass(frozen=True)
+class TableRecord:
+    """What reconciliation needs of one wallet record: "TYPE:CUR" -> balance, and its version."""
+
+    balances: Mapping[str, int]
+    version: int
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A Redis wallet snapshot: "TYPE:CUR" -> available, and the record version it shows."""
+
+    available: Mapping[str, int]
+    version: int
+
+
+@dataclass(frozen=True)
+class AccountRow:
+    tenant_id: str
+    player_id: str
+    wallet_type: str
+    currency: str
+    ledger: int
+    table: int
+    table_version: int | None  # None: no table record for the player
+    cache: int | None  # None: see cache_state
+    cache_state: str  # CACHED | NOT_CACHED | NOT_IN_SNAPSHOT
+    cache_version: int | None = None
+
+    @property
+    def account(self) -> str:
+        return player_account(self.player_id, self.wallet_type, self.currency)
+
+    @property
+    def table_drift(self) -> int:
+        """Table minus ledger: positive when the record holds more than the ledger says."""
+        return self.table - self.ledger
+
+    @property
+    def cache_drift(self) -> int:
+        """Snapshot minus table; nothing when there is no snapshot value to compare."""
+        return 0 if self.cache is None else self.cache - self.table
+
+    @property
+    def drift(self) -> int:
+        return abs(self.table_drift) + abs(self.cache_drift)
+
+
+@dataclass(frozen=True)
+class Report:
+    compared: int  # player accounts compared
+    drifting: tuple[AccountRow, ...]
+    ledger_volume: int  # sum of the amounts of every ledger leg in scope
+    players: int = 0
+    players_not_cached: int = 0
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def total_drift(self) -> int:
+        return sum(row.drift for row in self.drifting)
+
+    @property
+    def drift_milli_ppm(self) -> int | None:
+        """Total absolute drift per million of ledger volume, in thousandths (integers only,
+        so no rounding can hide a drift of one minor unit); None for an empty ledger."""
+        if self.ledger_volume == 0:
+            return None
+        return self.total_drift * 1_000_000_000 // self.ledger_volume
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_OK if self.total_drift == 0 else EXIT_DRIFT
+
+
+def parse_player_account(account: str) -> tuple[str, str, str] | None:
+    """(player_id, TYPE, CUR) of a player account name, None for any other account. The
+    player id may itself contain colons: type and currency are the last two parts."""
+    if not account.startswith("player:"):
+        return None
+    parts = account[len("player:"):].rsplit(":", 2)
+    if len(parts) != 3 or not all(parts):
+        return None
+    return parts[0], parts[1], parts[2]
+
+
+def ledger_volume(totals: Iterable[tuple[int, int]]) -> int:
+    """The volume behind (balance, turnover) account totals: every leg's amount is in the
+    turnover of exactly two accounts, its debit and its credit account."""
+    return sum(turnover for _, turnover in totals) // 2
+
+
+def compare(
+    ledger: Mapping[tuple[str, str], int],
+    records: Mapping[tuple[str, str], TableRecord],
+    snapshots: Mapping[tuple[str, str], Snapshot | None],
+    volume: int,
+) -> Report:
+    """Compare every player account the ledger or a table record knows.
+
+    ledger: (tenant_id, account) -> ledger balance (system accounts are ignored);
+    records: (tenant_id, player_id) -> the player's table record;
+    snapshots: (tenant_id, player_id) -> the Redis snapshot, absent or None when expired;
+    volume: the ledger volume the drift is measured against (see ledger_volume)."""
+    balances: dict[tuple[str, str], dict[str, int]] = {}
+    for (tenant_id, account), balance in ledger.items():
+        parsed = parse_player_account(account)
+        if parsed is not None:
+            player_id, wallet_type, currency = parsed
+            balances.setdefault((tenant_id, player_id), {})[f"{wallet_type}:{currency}"] = balance
+    players = sorted(set(balances) | set(records))
+
+    compared = 0
+    not_cached = 0
+    drifting: list[AccountRow] = []
+    for tenant_id, player_id in players:
+        in_ledger = balances.get((tenant_id, player_id), {})
+        record = records.get((tenant_id, player_id))
+        in_table = dict(record.balances) if record is not None else {}
+        snapshot = snapshots.get((tenant_id, player_id))
+        if snapshot is None:
+            not_cached += 1
+        for key in sorted(set(in_ledger) | set(in_table)):
+            wallet_type, _, currency = key.partition(":")
+            if snapshot is None:
+                cache, cache_state = None, NOT_CACHED
+            elif key in snapshot.available:
+                cache, cache_state = snapshot.available[key], CACHED
+            else:
+                # Snapshots show the spendable wallets only (HOLD is not one of them).
+                cache, cache_state = None, NOT_IN_SNAPSHOT
+            row = AccountRow(
+                tenant_id=tenant_id, player_id=player_id, wallet_type=wallet_type, currency=currency,
+                ledger=in_ledger.get(key, 0), table=in_table.get(key, 0),
+                table_version=record.version if record is not None else None,
+                cache=cache, cache_state=cache_state, cache_version=snapshot.version if snapshot else None,
+            )
+            compared += 1
+            if row.drift:
+                drifting.append(row)
+    return Report(compared=compared, drifting=tuple(drifting), ledger_volume=volume, players=len(players),
+                  players_not_cached=not_cached)
+
+
+def confirm(first: Report, second: Report) -> Report:
+    """The second pass, keeping only the accounts that drifted in the first pass too: an
+    account that was merely in flight during one pass does not drift in both."""
+    seen = {(row.tenant_id, row.account) for row in first.drifting}
+    kept = tuple(row for row in second.drifting if (row.tenant_id, row.account) in seen)
+    dropped = len(second.drifting) - len(kept) + len(
+        seen - {(row.tenant_id, row.account) for row in second.drifting}
+    )
+    notes = second.notes
+    if dropped:
+        notes += (f"{dropped} account(s) drifted in one pass only (in flight during the run), not reported",)
+    return replace(second, drifting=kept, notes=notes)
+
+
+def format_ppm(milli_ppm: int | None) -> str:
+    if milli_ppm is None:
+        return "n/a (empty ledger)"
+    return f"{milli_ppm // 1000}.{milli_ppm % 1000:03d} ppm"
+
+
+def _cell(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
+def render(report: Report) -> str:
+    """A readable table of every drifting account, the notes, and one summary line."""
+    lines: list[str] = []
+    if report.drifting:
+        header = ("tenant", "account", "ledger", "table", "table-ledger", "cache", "cache-table", "versions")
+        body = [
+            (
+                row.tenant_id, row.account, str(row.ledger), str(row.table), f"{row.table_drift:+d}",
+                row.cache_state if row.cache is None else str(row.cache),
+                "-" if row.cache is None else f"{row.cache_drift:+d}",
+                f"table {_cell(row.table_version)} / cache {_cell(row.cache_version)}",
+            )
+            for row in report.drifting
+        ]
+        widths = [max(len(r[i]) for r in (header, *body)) for i in range(len(header))]
+        numeric = {2, 3, 4, 5, 6}
+        for r in (header, *body):
+            lines.append("  ".join(
+                cell.rjust(widths[i]) if i in numeric else cell.ljust(widths[i]) for i, cell in enumerate(r)
+            ).rstrip())
+        lines.append("")
+    lines.extend(f"note: {note}" for note in report.notes)
+    lines.append(
+        f"{'DRIFT' if report.total_drift else 'OK'}: {len(report.drifting)} of {report.compared} player accounts "
+        f"drift ({report.players} players, {report.players_not_cached} not cached); "
+        f"total absolute drift {report.total_drift} minor units = {format_ppm(report.drift_milli_ppm)} "
+        f"of ledger volume {report.ledger_volume}"
+    )
+    return "\n".join(lines)
+
+
+def apply_changelog(records: dict[tuple[str, str], TableRecord], key: bytes | None, value: bytes | None) -> None:
+    """Fold one changelog message into the latest record per key: the value is the
+    msgpack wallet record, and an empty value is the deletion of the key."""
+    if not key:
+        return
+    tenant_id, sep, player_id = key.decode().partition("|")
+    if not sep:
+        raise ValueError(f"changelog key {key!r} is not tenant|player")
+    if not value:
+        records.pop((tenant_id, player_id), None)
+        return
+    state = decode_state(value)
+    records[(tenant_id, player_id)] = TableRecord(balances=dict(state.balances), version=state.version)
+
+
+def parse_snapshot(raw: str | bytes) -> Snapshot:
+    """The Redis snapshot JSON: {"player_id", "wallets": [{"type", "currency", "available", ...}], "version"}."""
+    data = json.loads(raw)
+    available = {f"{w['type']}:{w['currency']}": w["available"] for w in data.get("wallets", [])}
+    return Snapshot(available=available, version=data.get("version", 0))
+
+
+def flush_lag(end_offsets: Mapping[tuple[str, int], int], positions: Mapping[tuple[str, int], int]) -> int:
+    """Messages of ledger.postings the ledger flush has not committed yet."""
+    return sum(max(0, end - positions.get(tp, 0)) for tp, end in end_offsets.items())
+
+
+# ---------------------------------------------------------------- the I/O shell
+
+def changelog_topic(settings: Settings) -> str:
+    """Faust names a table's changelog `{app_id}-{table}-changelog`; Bankroll's TOPIC_PREFIX
+    is its own and does not reach Faust's table topics (the app id keeps them apart)."""
+    return f"{settings.faust_app_id}-{WALLET_TABLE}-changelog"
+
+
+def _bootstrap_servers(kafka_url: str) -> str:
+    # The same reading of KAFKA_URL as the web's command bus: scheme://host:port, comma separated.
+    return ",".join(part.split("://", 1)[-1] for part in kafka_url.split(","))
+
+
+class ReconcileError(Exception):
+    """Raised when the reconciliation cannot read what it compares."""
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+    await consumer.topics()  # refreshes the metadata, so partitions_for_topic knows new topics
+    return [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+
+
+async def read_changelog(consumer: AIOKafkaConsumer, topic: str, timeout_s: float) -> dict[tuple[str, str], TableRecord]:
+    """The latest record per key: every partition from its beginning to the end offset it
+    had when reading started."""
+    records: dict[tuple[str, str], TableRecord] = {}
+    partitions = await _partitions(consumer, topic)
+    if not partitions:
+        return records
+    consumer.assign(partitions)
+    await consumer.seek_to_beginning(*partitions)
+    end = await consumer.end_offsets(partitions)
+    remaining = {tp for tp in partitions if await consumer.position(tp) < end[tp]}
+    deadline = time.monotonic() + timeout_s
+    while remaining:
+        if time.monotonic() > deadline:
+            raise ReconcileError(f"could not read {topic} to its end within {timeout_s} s")
+        batches = await consumer.getmany(*remaining, timeout_ms=200)
+        for tp, messages in batches.items():
+            for message in messages:
+                if message.offset < end[tp]:
+                    apply_changelog(records, message.key, message.value)
+        for tp in list(remaining):
+            if await consumer.position(tp) >= end[tp]:
+                remaining.discard(tp)
+    return records
+
+
+async def wait_for_flush(consumer: AIOKafkaConsumer, store: LedgerStore, topic: str, wait_s: float) -> int:
+    """Wait until the ledger flush has committed everything `topic` held when this was
+    called, for at most wait_s; returns the messages still missing (0: caught up)."""
+    partitions = await _partitions(consumer, topic)
+    end = {(tp.topic, tp.partition): offset for tp, offset in (await consumer.end_offsets(partitions)).items()}
+    deadline = time.monotonic() + wait_s
+    while True:
+        lag = flush_lag(end, await store.positions(LEDGER_FLUSH_CONSUMER))
+        if lag == 0 or time.monotonic() >= deadline:
+            return lag
+        await asyncio.sleep(0.1)
+
+
+async def read_snapshots(redis_client, players: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Snapshot]:
+    players = list(players)
+    snapshots: dict[tuple[str, str], Snapshot] = {}
+    for start in range(0, len(players), 500):
+        chunk = players[start:start + 500]
+        pipe = redis_client.pipeline(transaction=False)
+        for tenant_id, player_id in chunk:
+            pipe.hget(wallet_cache_key(tenant_id, player_id), "json")
+        for player, raw in zip(chunk, await pipe.execute()):
+            if raw is not None:
+                snapshots[player] = parse_snapshot(raw)
+    return snapshots
+
+
+async def reconcile_once(settings: Settings, consumer: AIOKafkaConsumer, store: LedgerStore, redis_client, tenant: str | None,
+                         wait_s: float) -> Report:
+    # The table first, then the ledger up to what the postings topic held after it: the
+    # postings of every record read are then in the ledger (they are sent right after the
+    # record is written).
+    records = await read_changelog(consumer, changelog_topic(settings), timeout_s=60.0)
+    lag = await wait_for_flush(consumer, store, topic_name(settings, LEDGER_POSTINGS), wait_s)
+    totals = await store.ledger_totals()
+    if tenant is not None:
+        records = {k: v for k, v in records.items() if k[0] == tenant}
+        totals = {k: v for k, v in totals.items() if k[0] == tenant}
+    ledger = {key: balance for key, (balance, _) in totals.items()}
+    players = set(records)
+    for tenant_id, account in ledger:
+        parsed = parse_player_account(account)
+        if parsed is not None:
+            players.add((tenant_id, parsed[0]))
+    snapshots = await read_snapshots(redis_client, sorted(players))
+    report = compare(ledger, records, snapshots, ledger_volume(totals.values()))
+    if lag:
+        report = replace(report, notes=report.notes + (
+            f"the ledger flush is still {lag} message(s) behind after {wait_s} s: "
+            "drift below may be postings not yet flushed",))
+    return report
+
+
+async def reconcile(settings: Settings, *, tenant: str | None = None, wait_s: float = 10.0,
+                    confirm_after_s: float = 1.0) -> Report:
+    """Read, compare, and when something drifts, read and compare once more."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=_bootstrap_servers(settings.kafka_url),
+        enable_auto_commit=False,
+        # Brokers that answer a fetch only when its wait runs out (Tansu) would otherwise
+        # hold every read of an idle partition for 500 ms.
+        fetch_max_wait_ms=settings.consumer_fetch_max_wait_ms,
+    )
+    pool = None
+    redis_client = None
+    try:
+        await consumer.start()
+        pool = await create_pool(settings.database_url, min_size=1, max_size=2)
+        redis_client = connect_redis(settings.redis_url, max_connections=4)
+        store = PostgresLedgerStore(pool)
+        report = await reconcile_once(settings, consumer, store, redis_client, tenant, wait_s)
+        if report.drifting and confirm_after_s > 0:
+            await asyncio.sleep(confirm_after_s)
+            report = confirm(report, await reconcile_once(settings, consumer, store, redis_client, tenant, wait_s))
+        return report
+    finally:
+        await consumer.stop()
+        if pool is not None:
+            await pool.close()
+        if redis_client is not None:
+            await redis_client.aclose()
+            # The client does not own a pool it was given, so the pool is closed apart.
+            await redis_client.connection_pool.disconnect()
+
+
+async def run(settings: Settings, *, tenant: str | None = None, wait_s: float = 10.0,
+              confirm_after_s: float = 1.0, out: TextIO = sys.stdout) -> int:
+    """Reconcile, print the report, and return the exit code."""
+    try:
+        report = await reconcile(settings, tenant=tenant, wait_s=wait_s, confirm_after_s=confirm_after_s)
+    except Exception as exc:  # any service down or unreadable: say so, and exit apart from drift
+        traceback.print_exc(file=sys.stderr)
+        print(f"ERROR: could not reconcile: {exc!r}", file=out)
+        return EXIT_ERROR
+    print(render(report), file=out)
+    return report.exit_code
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m app.reconcile", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tenant", help="reconcile one tenant only (default: every tenant)")
+    parser.add_argument("--wait-s", type=float, default=10.0,
+                        help="longest wait for the ledger flush to catch up (default 10)")
+    parser.add_argument("--confirm-after-s", type=float, default=1.0,
+                        help="pause before re-checking drifting accounts; 0 reports the first pass (default 1)")
+    args = parser.parse_args(argv)
+    return asyncio.run(run(load_settings(), tenant=args.tenant, wait_s=args.wait_s,
+                           confirm_after_s=args.confirm_after_s))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
