@@ -303,37 +303,77 @@ async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicParti
     return [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
 
 
-async def read_changelog(consumer: AIOKafkaConsumer, topic: str, timeout_s: float) -> dict[tuple[str, str], TableRecord]:
-    """The latest record per key: every partition from its beginning to the end offset it
-    had when reading started."""
-    records: dict[tuple[str, str], TableRecord] = {}
-    partitions = await _partitions(consumer, topic)
-    if not partitions:
-        return records
-    consumer.assign(partitions)
-    await consumer.seek_to_beginning(*partitions)
-    end = await consumer.end_offsets(partitions)
-    remaining = {tp for tp in partitions if await consumer.position(tp) < end[tp]}
-    deadline = time.monotonic() + timeout_s
+# Why the end of a partition is taken from fetch responses: the embedded broker (Tansu)
+# answers ListOffsets "latest" with the base offset of the partition's last record batch
+# plus one, which falls short of the true end whenever that batch holds several records
+# (the worker's producer batches the changelog writes of consecutive commands). The high
+# watermark a fetch response carries is right, so ListOffsets only says whether a
+# partition is empty (0 there means empty on either kind of broker), and the end is the
+# first high watermark fetched after assigning the partition.
+
+async def _fetch_until_high_watermarks(consumer: AIOKafkaConsumer, partitions: list[TopicPartition],
+                                       deadline: float, on_message=None) -> dict[TopicPartition, int]:
+    """Fetch the assigned `partitions` from their positions until each one's position has
+    reached the first high watermark seen for it; returns those high watermarks."""
+    targets: dict[TopicPartition, int] = {}
+    remaining = set(partitions)
     while remaining:
         if time.monotonic() > deadline:
-            raise ReconcileError(f"could not read {topic} to its end within {timeout_s} s")
+            raise ReconcileError(f"could not read {sorted(map(str, remaining))} to their end in time")
         batches = await consumer.getmany(*remaining, timeout_ms=200)
-        for tp, messages in batches.items():
-            for message in messages:
-                if message.offset < end[tp]:
-                    apply_changelog(records, message.key, message.value)
+        if on_message is not None:
+            for messages in batches.values():
+                for message in messages:
+                    on_message(message)
         for tp in list(remaining):
-            if await consumer.position(tp) >= end[tp]:
+            highwater = consumer.highwater(tp)
+            if highwater is None:
+                continue  # no fetch response for it yet
+            target = targets.setdefault(tp, highwater)
+            if await consumer.position(tp) >= target:
                 remaining.discard(tp)
+    return targets
+
+
+async def read_changelog(
+    consumer: AIOKafkaConsumer, topic: str, timeout_s: float
+) -> dict[tuple[str, str], TableRecord]:
+    """The latest record per key: every partition from its beginning to its end, as the
+    first fetch after the start of reading reports it."""
+    records: dict[tuple[str, str], TableRecord] = {}
+    partitions = await _partitions(consumer, topic)
+    listed = await consumer.end_offsets(partitions) if partitions else {}
+    todo = [tp for tp in partitions if listed[tp] > 0]
+    if not todo:
+        return records
+    consumer.assign(todo)
+    await consumer.seek_to_beginning(*todo)
+    await _fetch_until_high_watermarks(
+        consumer, todo, time.monotonic() + timeout_s,
+        on_message=lambda message: apply_changelog(records, message.key, message.value),
+    )
     return records
+
+
+async def end_offsets(consumer: AIOKafkaConsumer, topic: str, timeout_s: float) -> dict[tuple[str, int], int]:
+    """(topic, partition) -> the offset the next message will get, for every partition."""
+    partitions = await _partitions(consumer, topic)
+    listed = await consumer.end_offsets(partitions) if partitions else {}
+    ends = {(tp.topic, tp.partition): 0 for tp in partitions}
+    todo = [tp for tp in partitions if listed[tp] > 0]
+    if todo:
+        consumer.assign(todo)
+        for tp in todo:
+            consumer.seek(tp, listed[tp])  # at or near the end: reads a batch's tail at most
+        highwaters = await _fetch_until_high_watermarks(consumer, todo, time.monotonic() + timeout_s)
+        ends.update({(tp.topic, tp.partition): max(listed[tp], highwaters[tp]) for tp in todo})
+    return ends
 
 
 async def wait_for_flush(consumer: AIOKafkaConsumer, store: LedgerStore, topic: str, wait_s: float) -> int:
     """Wait until the ledger flush has committed everything `topic` held when this was
     called, for at most wait_s; returns the messages still missing (0: caught up)."""
-    partitions = await _partitions(consumer, topic)
-    end = {(tp.topic, tp.partition): offset for tp, offset in (await consumer.end_offsets(partitions)).items()}
+    end = await end_offsets(consumer, topic, timeout_s=max(wait_s, 1.0))
     deadline = time.monotonic() + wait_s
     while True:
         lag = flush_lag(end, await store.positions(LEDGER_FLUSH_CONSUMER))
@@ -356,8 +396,8 @@ async def read_snapshots(redis_client, players: Iterable[tuple[str, str]]) -> di
     return snapshots
 
 
-async def reconcile_once(settings: Settings, consumer: AIOKafkaConsumer, store: LedgerStore, redis_client, tenant: str | None,
-                         wait_s: float) -> Report:
+async def reconcile_once(settings: Settings, consumer: AIOKafkaConsumer, store: LedgerStore, redis_client,
+                         tenant: str | None, wait_s: float) -> Report:
     # The table first, then the ledger up to what the postings topic held after it: the
     # postings of every record read are then in the ledger (they are sent right after the
     # record is written).

@@ -17,14 +17,15 @@ from app.client.signed import BankrollClient
 from app.domain.wallet.codec import encode_state
 from app.domain.wallet.core import WalletState
 from app.reconcile import (
-    CACHED, EXIT_DRIFT, EXIT_OK, LEDGER_FLUSH_CONSUMER, NOT_CACHED, NOT_IN_SNAPSHOT, AccountRow, Report, Snapshot,
-    TableRecord, apply_changelog, changelog_topic, compare, confirm, flush_lag, format_ppm, ledger_volume,
+    CACHED, EXIT_DRIFT, EXIT_ERROR, EXIT_OK, LEDGER_FLUSH_CONSUMER, NOT_CACHED, NOT_IN_SNAPSHOT, AccountRow, Report,
+    Snapshot, TableRecord, apply_changelog, changelog_topic, compare, confirm, flush_lag, format_ppm, ledger_volume,
     parse_player_account, parse_snapshot, reconcile, render, run,
 )
 from config import Settings
 from config.settings import REPO_ROOT
 from storage.redis.stores import wallet_cache_key
 from tests.e2e.helpers import Ledger, create_player, deposit, uid, webhook_body
+from tests.stack import free_port
 
 # ---------------------------------------------------------------- the pure comparison
 
@@ -102,6 +103,10 @@ def test_an_expired_snapshot_is_not_cached_not_drift():
     report = compare(BALANCED_LEDGER, RECORDS, snapshots, 15_050)
     assert report.drifting == () and report.players_not_cached == 1
     assert "(2 players, 1 not cached)" in render(report)
+    records = {**RECORDS, (T, "p2"): TableRecord({"CASH:EUR": 2_000, "BONUS:EUR": 0}, version=2)}
+    [row] = compare(BALANCED_LEDGER, records, snapshots, 15_050).drifting
+    assert (row.player_id, row.cache, row.cache_state, row.drift) == ("p2", None, NOT_CACHED, 1_000)
+    assert "not cached" in render(Report(4, (row,), 15_050))
 
 
 def test_a_snapshot_disagreeing_with_the_record_is_drift():
@@ -184,6 +189,13 @@ def test_names_match_the_agents_and_faust():
     settings = Settings.from_env({"FAUST_APP_ID": "bankroll-x", "TOPIC_PREFIX": "env."})
     # Faust does not know Bankroll's topic prefix: the changelog carries the app id only.
     assert changelog_topic(settings) == "bankroll-x-wallets-changelog"
+
+
+async def test_an_unreachable_service_is_an_error_not_drift():
+    settings = Settings.from_env({"KAFKA_URL": f"kafka://127.0.0.1:{free_port()}"})
+    out = io.StringIO()
+    assert await run(settings, out=out) == EXIT_ERROR
+    assert out.getvalue().startswith("ERROR: could not reconcile")
 
 
 # ---------------------------------------------------------------- against the stack

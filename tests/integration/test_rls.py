@@ -91,9 +91,10 @@ async def test_a_session_with_no_tenant_set_sees_nothing(tenants):
 
 async def test_a_tenant_cannot_write_another_tenants_rows(tenants):
     pool, a, b, _ = tenants
+    route = "INSERT INTO deposit_routes (tenant_id, deposit_id, player_id) VALUES ($1, 'd9', 'px')"
     with pytest.raises(asyncpg.InsufficientPrivilegeError, match="row-level security"):
         async with tenant_transaction(pool, a) as conn:
-            await conn.execute("INSERT INTO deposit_routes (tenant_id, deposit_id, player_id) VALUES ($1, 'd9', 'px')", b)
+            await conn.execute(route, b)
     with pytest.raises(asyncpg.InsufficientPrivilegeError, match="row-level security"):
         async with tenant_transaction(pool, a) as conn:
             await conn.execute(
@@ -106,12 +107,13 @@ async def test_a_tenant_cannot_write_another_tenants_rows(tenants):
         async with tenant_transaction(pool, a) as conn:
             await conn.execute(
                 "INSERT INTO ledger_entries (tenant_id, operation_id, leg, debit_account, credit_account, "
-                "amount_minor, currency, category, created_at) VALUES ($1, 'x', 0, 'a:EUR', 'b:EUR', 1, 'EUR', 'x', now())",
+                "amount_minor, currency, category, created_at) "
+                "VALUES ($1, 'x', 0, 'a:EUR', 'b:EUR', 1, 'EUR', 'x', now())",
                 a,
             )
     # Its own rows it may insert, so the refusals above are the policy's, not a missing grant.
     async with tenant_transaction(pool, a) as conn:
-        await conn.execute("INSERT INTO deposit_routes (tenant_id, deposit_id, player_id) VALUES ($1, 'd9', 'px')", a)
+        await conn.execute(route, a)
     assert await PostgresDepositRoutes(pool).lookup(a, "d9") == "px"
     assert await PostgresDepositRoutes(pool).lookup(b, "d9") is None
 
