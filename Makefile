@@ -19,7 +19,9 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
-	$(PY) bench/deposits.py
+	$(PY) -m bench.deposits
+	$(PY) -m bench.bets
+	$(PY) -m bench.rounds
 
 clean:
 	rm -rf .run

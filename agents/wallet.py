@@ -6,6 +6,7 @@ its operation id already recorded: the first run's outputs may never have left t
 process."""
 from __future__ import annotations
 
+import asyncio
 import heapq
 import json
 import logging
@@ -22,7 +23,6 @@ from app.messages import (
 )
 from app.metrics import AGENT_SECONDS, POISON_MESSAGES
 from config import Settings
-from storage.ports import WalletCache
 
 log = logging.getLogger("bankroll.wallet")
 
@@ -68,14 +68,63 @@ class ExpiryScheduler:
                 self.schedule(key, decode_state(raw).next_deadline_ms())
 
 
+Snapshot = tuple[str, str, int, str]  # tenant, player, version, JSON
+
+
+class OutputBuffer:
+    """Cache snapshots and replies leave in batches: one Redis pipeline per flush instead
+    of two round trips per command. A flush starts as soon as there is output, so an idle
+    system answers at once; under load, what piles up during one flush goes in the next.
+    Only the newest snapshot of a player is written."""
+
+    def __init__(self, flush: Callable[[list[Snapshot], list[tuple[str, bytes]]], Awaitable[None]]) -> None:
+        self._flush = flush
+        self._snapshots: dict[tuple[str, str], Snapshot] = {}
+        self._replies: list[tuple[str, bytes]] = []
+        self._dirty = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    def snapshot(self, tenant_id: str, player_id: str, version: int, snapshot_json: str) -> None:
+        self._snapshots[(tenant_id, player_id)] = (tenant_id, player_id, version, snapshot_json)
+        self._wake()
+
+    def reply(self, channel: str, payload: bytes) -> None:
+        self._replies.append((channel, payload))
+        self._wake()
+
+    def _wake(self) -> None:
+        self._dirty.set()
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="wallet-output-flush")
+
+    async def _run(self) -> None:
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            snapshots, replies = list(self._snapshots.values()), self._replies
+            self._snapshots, self._replies = {}, []
+            try:
+                await self._flush(snapshots, replies)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # The cache refills on the next write and a lost reply makes the caller
+                # retry with its idempotency key; neither is worth stopping the agent for.
+                log.warning("dropped %d snapshots and %d replies: %r", len(snapshots), len(replies), exc)
+
+    async def drain(self) -> None:
+        """Wait until everything buffered so far has been flushed (tests, shutdown)."""
+        while self._dirty.is_set() or self._snapshots or self._replies:
+            await asyncio.sleep(0.001)
+        await asyncio.sleep(0)
+
+
 @dataclass
 class WalletAgentDeps:
     table: MutableMapping[bytes, bytes]
     send_ledger: Callable[[bytes, bytes], Awaitable[None]]
-    publish_reply: Callable[[str, bytes], Awaitable[None]]
+    outputs: OutputBuffer
     send_topic_reply: Callable[[str, bytes, bytes], Awaitable[None]]
-    cache: WalletCache
-    cache_ttl_s: int
     retention_ms: int
     rules: Rules
     scheduler: ExpiryScheduler
@@ -137,11 +186,10 @@ async def handle_wallet_message(deps: WalletAgentDeps, key: bytes, value: bytes)
         code, body = str(decision.outcome.code), decision.outcome.body
 
     if state.registered:
-        snapshot = wallet_view(state)
-        await deps.cache.put(state.tenant_id, state.player_id, state.version, json.dumps(snapshot), deps.cache_ttl_s)
+        deps.outputs.snapshot(state.tenant_id, state.player_id, state.version, json.dumps(wallet_view(state)))
     if envelope.reply_to.startswith(TOPIC_REPLY_PREFIX):
         result = {"request_id": envelope.request_id, "code": code, "body": body}
         await deps.send_topic_reply(envelope.reply_to[len(TOPIC_REPLY_PREFIX):], key, json.dumps(result).encode())
     elif envelope.reply_to:
-        await deps.publish_reply(envelope.reply_to, encode_reply(envelope.request_id, code, body))
+        deps.outputs.reply(envelope.reply_to, encode_reply(envelope.request_id, code, body))
     AGENT_SECONDS.labels(envelope.kind).observe(time.perf_counter() - started)

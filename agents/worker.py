@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 from prometheus_client import start_http_server
 
 from agents.ledger_flush import run_ledger_flush
-from agents.wallet import ExpiryScheduler, WalletAgentDeps, handle_wallet_message, rules_from_settings
+from agents.wallet import ExpiryScheduler, OutputBuffer, Snapshot, WalletAgentDeps, handle_wallet_message, rules_from_settings
 from app.api.validation import InvalidRequest
 from app.domain.wallet.core import Tick
 from app.messages import CommandEnvelope
@@ -28,7 +28,7 @@ from app.streaming import GAME_ROUND_RESULTS, WALLET_COMMANDS, BankrollApp, Stre
 from config import Settings, load_settings
 from storage.postgres.migrate import migrate
 from storage.postgres.stores import PostgresLedgerStore, create_pool
-from storage.ports import LedgerStore, WalletCache
+from storage.ports import LedgerStore
 from storage.redis.stores import RedisWalletCache, connect as connect_redis, worker_key_prefix
 
 log = logging.getLogger("bankroll.worker")
@@ -51,8 +51,17 @@ class WorkerResources:
             self._redis = connect_redis(self.settings.redis_url)
         return self._redis
 
-    async def wallet_cache(self) -> WalletCache:
-        return RedisWalletCache(await self.redis())
+    async def flush_outputs(self, snapshots: list[Snapshot], replies: list[tuple[str, bytes]]) -> None:
+        """Every snapshot and reply of a batch in one Redis round trip."""
+        client = await self.redis()
+        cache = RedisWalletCache(client)
+        async with client.pipeline(transaction=False) as pipe:
+            for tenant_id, player_id, version, snapshot_json in snapshots:
+                await cache.queue_put(pipe, tenant_id, player_id, version, snapshot_json,
+                                      self.settings.wallet_cache_ttl_s)
+            for channel, payload in replies:
+                pipe.publish(channel, payload)
+            await pipe.execute()
 
     def postings_sender(self, streams: Streams) -> Callable[[bytes, bytes], Awaitable[None]]:
         async def send_postings(key: bytes, value: bytes) -> None:
@@ -60,8 +69,6 @@ class WorkerResources:
 
         return send_postings
 
-    async def publish(self, channel: str, payload: bytes) -> None:
-        await (await self.redis()).publish(channel, payload)
 
     async def announce(self, worker_id: str, partitions: list[int], metrics_url: str) -> None:
         await (await self.redis()).set(
@@ -108,10 +115,8 @@ def build_worker(
         deps = WalletAgentDeps(
             table=streams.wallets,
             send_ledger=resources.postings_sender(streams),
-            publish_reply=resources.publish,
+            outputs=OutputBuffer(resources.flush_outputs),
             send_topic_reply=send_topic_reply,
-            cache=await resources.wallet_cache(),
-            cache_ttl_s=settings.wallet_cache_ttl_s,
             retention_ms=settings.idempotency_retention_s * 1000,
             rules=rules_from_settings(settings),
             scheduler=scheduler,

@@ -1,11 +1,12 @@
 """FX rates: the port, an in-memory adapter and the PostgreSQL adapter."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Protocol
 
 import asyncpg
+
+from storage.history import datetime_to_ms, ms_to_datetime
 
 
 class FxRates(Protocol):
@@ -38,15 +39,15 @@ class PostgresFxRates:
     async def add(self, base: str, quote: str, rate: Decimal, valid_from_ms: int) -> None:
         await self._pool.execute(
             "INSERT INTO fx_rates (base, quote, rate, valid_from) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-            base, quote, rate, datetime.fromtimestamp(valid_from_ms / 1000, tz=timezone.utc),
+            base, quote, rate, ms_to_datetime(valid_from_ms),
         )
 
     async def rate_at(self, base: str, quote: str, at_ms: int) -> tuple[Decimal, int] | None:
         row = await self._pool.fetchrow(
             "SELECT rate, valid_from FROM fx_rates WHERE base = $1 AND quote = $2 AND valid_from <= $3 "
             "ORDER BY valid_from DESC LIMIT 1",
-            base, quote, datetime.fromtimestamp(at_ms / 1000, tz=timezone.utc),
+            base, quote, ms_to_datetime(at_ms),
         )
         if row is None:
             return None
-        return row["rate"], int(row["valid_from"].timestamp() * 1000)
+        return row["rate"], datetime_to_ms(row["valid_from"])

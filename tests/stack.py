@@ -63,7 +63,7 @@ class Stack:
             "LOG_LEVEL": "warning",
             # Short enough for the expiry test to watch a hold expire, long enough for
             # every other test to settle its bets.
-            "BET_HOLD_TTL_S": "5",
+            "BET_HOLD_TTL_S": "8",
             "BLOCKED_PAYOUT_DESTINATIONS": "IBAN-BLOCKED",
             "PYTHONUNBUFFERED": "1",
         })

@@ -35,6 +35,12 @@ class RedisWalletCache:
         stored = await self._put(keys=[wallet_cache_key(tenant_id, player_id)], args=[version, snapshot_json, ttl_s])
         return bool(stored)
 
+    async def queue_put(self, pipe: "aioredis.client.Pipeline", tenant_id: str, player_id: str, version: int,
+                        snapshot_json: str, ttl_s: int) -> None:
+        """The same write as put(), queued on a pipeline so a batch costs one round trip."""
+        await self._put(keys=[wallet_cache_key(tenant_id, player_id)], args=[version, snapshot_json, ttl_s],
+                        client=pipe)
+
     async def get(self, tenant_id: str, player_id: str) -> str | None:
         value = await self._client.hget(wallet_cache_key(tenant_id, player_id), "json")
         return value.decode() if isinstance(value, bytes) else value

@@ -25,11 +25,10 @@ class MemoryResources(WorkerResources):
 
         return send
 
-    async def wallet_cache(self):
-        return self.cache
-
-    async def publish(self, channel: str, payload: bytes) -> None:
-        self.replies.append((channel, payload))
+    async def flush_outputs(self, snapshots, replies) -> None:
+        for tenant_id, player_id, version, snapshot_json in snapshots:
+            await self.cache.put(tenant_id, player_id, version, snapshot_json, 30)
+        self.replies.extend(replies)
 
     async def announce(self, worker_id: str, partitions: list[int], metrics_url: str) -> None:
         pass
@@ -65,6 +64,7 @@ async def test_wallet_agent_decides_stores_and_emits():
         # The PSP delivers the same event again: same answer, same postings, state unchanged.
         await agent_ctx.put(envelope("apply_psp_result", "psp:sandbox:e1", psp), key=key)
 
+        await _until(lambda: len(resources.replies) == 4)
         state = decode_state(table[key])
         assert state.balance("CASH", "EUR") == 4_900
         assert state.version == 3
@@ -84,22 +84,63 @@ async def test_wallet_agent_decides_stores_and_emits():
 
 
 async def test_an_undecodable_message_is_skipped_not_fatal():
-    from agents.wallet import ExpiryScheduler, WalletAgentDeps, handle_wallet_message
+    from agents.wallet import ExpiryScheduler, OutputBuffer, WalletAgentDeps, handle_wallet_message
     from app.domain.wallet.core import Rules
     from app.metrics import POISON_MESSAGES
 
     replies: list = []
 
-    async def publish(channel: str, payload: bytes) -> None:
-        replies.append(payload)
+    async def publish(snapshots, batch) -> None:
+        replies.extend(batch)
 
     async def send(key: bytes, value: bytes) -> None:
         raise AssertionError("nothing may be emitted for a poison message")
 
-    deps = WalletAgentDeps(table={}, send_ledger=send, publish_reply=publish, send_topic_reply=send,
-                           cache=MemoryWalletCache(), cache_ttl_s=30, retention_ms=1, rules=Rules(),
-                           scheduler=ExpiryScheduler())
+    deps = WalletAgentDeps(table={}, send_ledger=send, outputs=OutputBuffer(publish), send_topic_reply=send,
+                           retention_ms=1, rules=Rules(), scheduler=ExpiryScheduler())
     before = POISON_MESSAGES._value.get()
     await handle_wallet_message(deps, b"dev|p1", b"\xc1 not msgpack")
     assert POISON_MESSAGES._value.get() == before + 1
     assert deps.table == {} and replies == []
+
+
+
+async def _until(condition, timeout_s: float = 5.0) -> None:
+    """Wait for the agent's output buffer to flush what the commands produced."""
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError("the outputs were not flushed")
+        await asyncio.sleep(0.005)
+
+
+async def test_output_buffer_keeps_the_newest_snapshot_and_survives_a_failed_flush():
+    import asyncio
+
+    from agents.wallet import OutputBuffer
+
+    flushed: list = []
+    fail = [True]
+    gate = asyncio.Event()
+
+    async def flush(snapshots, replies) -> None:
+        await gate.wait()
+        if fail[0]:
+            fail[0] = False
+            raise ConnectionError("Redis restarting")
+        flushed.append((sorted(snapshots), list(replies)))
+
+    buffer = OutputBuffer(flush)
+    buffer.snapshot("dev", "p1", 1, "{v1}")
+    await asyncio.sleep(0)  # the first flush starts and waits at the gate with version 1
+    buffer.snapshot("dev", "p1", 2, "{v2}")
+    buffer.snapshot("dev", "p1", 3, "{v3}")
+    buffer.snapshot("dev", "p2", 7, "{p2}")
+    buffer.reply("chan", b"a")
+    gate.set()
+    await _until(lambda: len(flushed) == 1)
+    # The first batch was lost to the failure; the second carries only the newest snapshots.
+    assert flushed == [([("dev", "p1", 3, "{v3}"), ("dev", "p2", 7, "{p2}")], [("chan", b"a")])]

@@ -38,7 +38,7 @@ async def test_bet_place_settle_and_cancel(stack, client):
         "bet_id": bet, "player_id": player, "amount": 300, "currency": "EUR", "source_policy": "casino",
         "idempotency_key": f"k-{bet}"})
     assert status == 201 and body["status"] == "HELD" and body["hold_id"] == f"bet:{bet}"
-    assert body["expires_in"] == 5
+    assert body["expires_in"] == 8
     view = await wallets(client, player)
     assert (view[("CASH", "EUR")]["available"], view[("CASH", "EUR")]["held"]) == (700, 300)
 
@@ -61,6 +61,7 @@ async def test_bet_place_settle_and_cancel(stack, client):
 
     async with Ledger(stack.env["DATABASE_URL"], stack.tenant_id) as ledger:
         await ledger.wait_for_rows(f"bet:{bet}:settle", 2)
+        await ledger.wait_for_rows(f"bet:{bet2}:cancel", 1)
         assert (await ledger.balances())[f"player:{player}:CASH:EUR"] == 1_600
 
 
@@ -99,7 +100,7 @@ async def test_an_unsettled_bet_expires_by_itself(stack, client):
     player = await funded(client, 1_000)
     bet = uid("bet")
     await client.call("POST", "/v1/bets/place", {"bet_id": bet, "player_id": player, "amount": 400, "currency": "EUR"})
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         view = await wallets(client, player)
         if view[("CASH", "EUR")]["available"] == 1_000:
@@ -195,14 +196,15 @@ async def test_bonus_fx_adjustment_and_history(stack, client):
     view = await wallets(client, player)
     assert (view[("CASH", "EUR")]["available"], view[("CASH", "USD")]["available"]) == (9_667, 444)
 
-    adj = await client.call("POST", "/v1/adjustments", {"adjustment_id": uid("adj"), "player_id": player,
+    adjustment_id = uid("adj")
+    adj = await client.call("POST", "/v1/adjustments", {"adjustment_id": adjustment_id, "player_id": player,
                                                         "wallet": "CASH", "currency": "EUR", "amount": -67,
                                                         "reason": "test correction"})
     assert adj[0] == 201
     assert await cash(client, player) == 9_600
 
     async with Ledger(stack.env["DATABASE_URL"], stack.tenant_id) as ledger:
-        await ledger.wait_for_rows("adjustment:", 1)
+        await ledger.wait_for_rows(f"adjustment:{adjustment_id}", 1)
     seen, cursor = [], None
     for _ in range(10):
         path = f"/v1/players/{player}/postings?limit=2" + (f"&cursor={cursor}" if cursor else "")

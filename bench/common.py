@@ -1,0 +1,39 @@
+"""What the benchmark scripts share: a stack to run against and percentile summaries."""
+from __future__ import annotations
+
+import sys
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.stack import Stack  # noqa: E402
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+def latency_line(name: str, latencies_ms: list[float], extra: str = "") -> str:
+    return (f"{name:<30} n {len(latencies_ms):>6}   p50 {percentile(latencies_ms, 50):6.1f} ms   "
+            f"p95 {percentile(latencies_ms, 95):6.1f} ms   p99 {percentile(latencies_ms, 99):6.1f} ms   "
+            f"max {max(latencies_ms):7.1f} ms{extra}")
+
+
+@contextmanager
+def running_stack(workers: int = 1, **env: str):
+    """Bankroll on the embedded stack (or the services whose URLs are set)."""
+    stack = Stack(Path(tempfile.mkdtemp(prefix="bankroll-bench-")))
+    stack.env.update({"REPLY_TIMEOUT_MS": "10000", "BET_HOLD_TTL_S": "120", "MAX_DEPOSITS_PER_HOUR": "1000000",
+                      **env})
+    try:
+        stack.start_services()
+        for i in range(workers):
+            stack.start_worker(f"worker-{i + 1}")
+        stack.start_web()
+        stack.wait_ready()
+        yield stack
+    finally:
+        stack.stop()
