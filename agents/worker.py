@@ -148,8 +148,12 @@ def build_worker(
 
     @app.timer(1.0)
     async def heartbeat_and_expiry() -> None:
+        # A partition counts as owned (for /ready) only once its table is recovered: before
+        # that, commands for it would wait for the recovery.
+        serving = (not app.rebalancing and not getattr(app, "in_recovery", False)
+                   and app.tables.recovery.completed.is_set())
         assigned = sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == commands_topic)
-        await resources.announce(worker_id, assigned, metrics_url)
+        await resources.announce(worker_id, assigned if serving else [], metrics_url)
         now_ms = int(time.time() * 1000)
         if now_ms - last_scan_ms[0] >= settings.expiry_scan_interval_s * 1000:
             # The schedule is derived state: rebuilt from the partitions this worker owns

@@ -1,11 +1,16 @@
 """The Faust application: transport tuning, topics and tables, declared in one place."""
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, List, Mapping
 
+import aiokafka
 import faust
+from aiokafka import TopicPartition
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth, server_list
+from faust.types import TP
 
 from config import Settings
 
@@ -20,6 +25,43 @@ def topic_name(settings: Settings, name: str) -> str:
     return settings.topic_prefix + name
 
 
+async def true_end_offsets(consumer_kwargs: dict, ends: Mapping[Any, int], timeout_s: float) -> dict:
+    """The real end of each partition, given the broker's ListOffsets answer.
+
+    Tansu (the embedded broker) answers ListOffsets LATEST with the base offset of the
+    last record batch + 1 instead of the last record's offset + 1, so a partition that
+    ends in a batch of several records looks shorter than it is. The fetch high watermark
+    is right, and so is the last record of the last batch: both are read here with a
+    short-lived consumer outside any group. On a correct broker this changes nothing."""
+    probe = {TopicPartition(tp.topic, tp.partition): (tp, end) for tp, end in ends.items() if end}
+    result = dict(ends)
+    if not probe:
+        return result
+    side = aiokafka.AIOKafkaConsumer(group_id=None, enable_auto_commit=False, **consumer_kwargs)
+    await side.start()
+    try:
+        side.assign(list(probe))
+        for atp, (_, end) in probe.items():
+            side.seek(atp, end - 1)
+        pending = set(probe)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while pending and loop.time() < deadline:
+            batch = await side.getmany(*pending, timeout_ms=200)
+            for atp in list(pending):
+                records = batch.get(atp) or []
+                high = side.highwater(atp)
+                if not records and high is None:
+                    continue
+                tp, end = probe[atp]
+                last = records[-1].offset + 1 if records else 0
+                result[tp] = max(end, last, high or 0)
+                pending.discard(atp)
+    finally:
+        await side.stop()
+    return result
+
+
 class _TunedConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
@@ -28,6 +70,29 @@ class _TunedConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         # aiokafka reads the attribute when it builds its fetcher at start-up.
         consumer._fetch_max_wait_ms = self.app.fetch_max_wait_ms
         return consumer
+
+    async def _highwaters(self, partitions: List[TP]) -> Mapping[TP, int]:
+        # Table recovery ends when it has read up to these offsets. With the broker's
+        # ListOffsets answer alone it could stop before the last changelog records and
+        # start a worker from stale wallet records (see true_end_offsets).
+        ends = await super()._highwaters(partitions)
+        if self.consumer.in_transaction:
+            return ends
+        conf = self.app.conf
+        return await true_end_offsets(
+            dict(
+                bootstrap_servers=server_list(self.transport.url, self.transport.default_port),
+                client_id=conf.broker_client_id,
+                request_timeout_ms=int(conf.broker_request_timeout * 1000.0),
+                fetch_max_wait_ms=int(self.app.fetch_max_wait_ms),
+                max_partition_fetch_bytes=conf.consumer_max_fetch_size,
+                isolation_level="read_uncommitted",
+                auto_offset_reset="earliest",
+                **credentials_to_aiokafka_auth(conf.broker_credentials, conf.ssl_context),
+            ),
+            ends,
+            timeout_s=conf.broker_request_timeout,
+        )
 
 
 class _TunedConsumer(faust_aiokafka.Consumer):

@@ -345,21 +345,18 @@ async def convert_fx(request: web.Request) -> web.Response:
     body = await body_of(request, {"conversion_id", "player_id", "from_currency", "to_currency", "amount", "wallet",
                                    "idempotency_key"})
     from_currency, to_currency = v.currency(body, "from_currency"), v.currency(body, "to_currency")
+    conversion_id, player_id = v.ident(body, "conversion_id"), v.ident(body, "player_id")
+    wallet = v.one_of(body, "wallet", w.PLAYER_WALLETS) if "wallet" in body else "CASH"
+    amount_minor = v.amount(body, "amount")
+    key = v.ident(body, "idempotency_key", required=False) or conversion_id
     found = await services(request).fx_rates.rate_at(from_currency, to_currency, now_ms())
     if found is None:
         return error("fx_rate_not_found", f"no {from_currency}/{to_currency} rate is in force")
     rate, valid_from_ms = found
-    command = w.ConvertFx(
-        conversion_id=v.ident(body, "conversion_id"),
-        wallet=v.one_of(body, "wallet", w.PLAYER_WALLETS) if "wallet" in body else "CASH",
-        from_currency=from_currency,
-        to_currency=to_currency,
-        amount_minor=v.amount(body, "amount"),
-        rate=str(rate),
-        rate_valid_from_ms=valid_from_ms,
-    )
-    key = v.ident(body, "idempotency_key", required=False) or command.conversion_id
-    code, reply = await dispatch(request, request["tenant_id"], v.ident(body, "player_id"), command, f"fx:{key}", body)
+    command = w.ConvertFx(conversion_id=conversion_id, wallet=wallet, from_currency=from_currency,
+                          to_currency=to_currency, amount_minor=amount_minor, rate=str(rate),
+                          rate_valid_from_ms=valid_from_ms)
+    code, reply = await dispatch(request, request["tenant_id"], player_id, command, f"fx:{key}", body)
     return result_response(code, reply)
 
 

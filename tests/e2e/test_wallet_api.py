@@ -249,3 +249,65 @@ async def test_game_rounds_stream_applies_once_and_answers_on_the_results_topic(
         await producer.stop()
         await consumer.stop()
     assert await cash(client, player) == 1_250
+
+
+BAD = [
+    ("POST", "/v1/withdrawals", {"withdrawal_id": "w", "player_id": "P", "amount": 0, "currency": "EUR",
+                                 "method": "bank"}, 400),
+    ("POST", "/v1/withdrawals", {"withdrawal_id": "w", "player_id": "P", "amount": 10, "currency": "EUR"}, 400),
+    ("POST", "/v1/withdrawals", {"withdrawal_id": "w", "player_id": "P", "amount": 10, "currency": "EUR",
+                                 "method": "bank", "extra": 1}, 400),
+    ("POST", "/v1/bets/place", {"bet_id": "b", "player_id": "P", "amount": -1, "currency": "EUR"}, 400),
+    ("POST", "/v1/bets/place", {"bet_id": "b", "player_id": "P", "amount": 5, "currency": "eur"}, 400),
+    ("POST", "/v1/bets/settle", {"bet_id": "b", "result": "DRAW"}, 400),
+    ("POST", "/v1/bets/settle", {"bet_id": "b", "result": "WIN", "payout": "5"}, 400),
+    ("POST", "/v1/bets/cancel", {}, 400),
+    ("POST", "/v1/holds/bet:none/capture", {"amount": 5}, 400),
+    ("POST", "/v1/holds/bet:none/capture", {"amount": 5, "idempotency_key": "k"}, 404),
+    ("POST", "/v1/holds/bet:none/release", {"x": 1}, 400),
+    ("POST", "/v1/bonuses", {"bonus_id": "bo", "player_id": "P", "amount": 5, "currency": "EUR",
+                             "wager_required": 5}, 400),
+    ("POST", "/v1/bonuses", {"bonus_id": "bo", "player_id": "P", "amount": 5, "currency": "USD",
+                             "wager_required": 5, "expires_at": 4_000_000_000}, 422),
+    ("POST", "/v1/fx/conversions", {"conversion_id": "f", "player_id": "P", "from_currency": "EUR",
+                                    "to_currency": "XXX", "amount": 5}, 422),
+    ("POST", "/v1/fx/conversions", {"conversion_id": "f", "player_id": "P", "from_currency": "EUR",
+                                    "to_currency": "USD", "amount": 5.5}, 400),
+    ("POST", "/v1/fx/rates", {"base": "EUR", "quote": "USD", "rate": "-1"}, 400),
+    ("POST", "/v1/adjustments", {"adjustment_id": "a", "player_id": "P", "wallet": "CASH", "currency": "EUR",
+                                 "amount": 0, "reason": "x"}, 400),
+    ("POST", "/v1/adjustments", {"adjustment_id": "a", "player_id": "P", "wallet": "HOLD", "currency": "EUR",
+                                 "amount": 5, "reason": "x"}, 400),
+    ("POST", "/v1/adjustments", {"adjustment_id": "a", "player_id": "P", "wallet": "CASH", "currency": "EUR",
+                                 "amount": -999_999, "reason": "x"}, 422),
+    ("PUT", "/v1/players/P/limits", {"deposit": {"day": -5}}, 400),
+    ("PUT", "/v1/players/P/limits", {"session_minutes": 0}, 400),
+    ("PUT", "/v1/players/P/limits", {"cool_off_until": "tomorrow"}, 400),
+    ("PUT", "/v1/players/P/kyc", {"kyc_status": "MAYBE"}, 400),
+    ("PUT", "/v1/players/P/kyc", {"kyc_status": "VERIFIED", "aml_hold": "no"}, 400),
+    ("GET", "/v1/players/P/postings?limit=0", None, 400),
+    ("GET", "/v1/wallets?player_id=P&types=CASH,GOLD", None, 400),
+    ("GET", "/v1/withdrawals/none", None, 404),
+]
+
+
+@pytest.mark.parametrize("method,path,body,status", BAD, ids=[f"{m} {p} {s}" for m, p, _, s in BAD])
+async def test_every_bad_input_gets_a_4xx_and_writes_nothing(stack, client, method, path, body, status):
+    player = await funded(client, 1_000)
+    _, before = await client.call("GET", f"/v1/wallets?player_id={player}")
+
+    def fill(value):
+        if isinstance(value, dict):
+            return {k: fill(v) for k, v in value.items()}
+        if value == "P":
+            return player
+        if isinstance(value, str) and len(value) <= 2 and value not in ("EUR",):
+            return f"{value}-{uuid.uuid4().hex[:8]}"
+        return value
+
+    got_status, reply = await client.call(method, path.replace("/P/", f"/{player}/").replace("=P", f"={player}"),
+                                          fill(body) if body is not None else None)
+    assert got_status == status, reply
+    assert set(reply) == {"error"} and reply["error"]["code"] and reply["error"]["message"]
+    _, after = await client.call("GET", f"/v1/wallets?player_id={player}")
+    assert after == before  # same balances, same version: nothing was written
