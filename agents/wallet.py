@@ -112,12 +112,6 @@ class OutputBuffer:
                 # retry with its idempotency key; neither is worth stopping the agent for.
                 log.warning("dropped %d snapshots and %d replies: %r", len(snapshots), len(replies), exc)
 
-    async def drain(self) -> None:
-        """Wait until everything buffered so far has been flushed (tests, shutdown)."""
-        while self._dirty.is_set() or self._snapshots or self._replies:
-            await asyncio.sleep(0.001)
-        await asyncio.sleep(0)
-
 
 @dataclass
 class WalletAgentDeps:

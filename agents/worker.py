@@ -69,7 +69,6 @@ class WorkerResources:
 
         return send_postings
 
-
     async def announce(self, worker_id: str, partitions: list[int], metrics_url: str) -> None:
         await (await self.redis()).set(
             worker_key_prefix(self.settings.faust_app_id) + worker_id,

@@ -16,7 +16,7 @@ import time
 import aiohttp
 import asyncpg
 
-from bench.common import latency_line, percentile, running_stack
+from bench.common import create_funded_players, latency_line, percentile, running_stack
 from app.client.signed import BankrollClient
 
 
@@ -25,12 +25,7 @@ async def run(stack, rate: float, seconds: float, players: int) -> None:
         client = BankrollClient(stack.base_url, session=session)
         tag = str(int(time.time()))
         ids = [f"bb-{tag}-{i}" for i in range(players)]
-        for start in range(0, players, 100):
-            await asyncio.gather(*(client.call("POST", "/v1/players", {"player_id": p, "currency": "EUR",
-                                                                         "country": "DE"}) for p in ids[start:start + 100]))
-            await asyncio.gather(*(client.call("POST", "/v1/adjustments", {
-                "adjustment_id": f"fund-{p}", "player_id": p, "wallet": "CASH", "currency": "EUR",
-                "amount": 10_000_000, "reason": "benchmark funding"}) for p in ids[start:start + 100]))
+        await create_funded_players(client, ids, 10_000_000)
         place_ms, settle_ms, errors, settled_at = [], [], [], {}
 
         async def one_bet(i: int) -> None:

@@ -7,8 +7,8 @@ request when the previous one is answered):
 and then, from PostgreSQL, the lag from sending the webhook to its ledger row's
 `recorded_at` (same machine, same clock).
 
-    python bench/deposits.py                      # starts its own stack (embedded unless URLs are set)
-    python bench/deposits.py --requests 4000 --concurrency 50 200
+    python -m bench.deposits                      # starts its own stack (embedded unless URLs are set)
+    python -m bench.deposits --requests 4000 --concurrency 50 200
 
 It prints figures; it asserts nothing. Targets are in the issue, results in the notes."""
 from __future__ import annotations
@@ -16,23 +16,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import aiohttp
 import asyncpg
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from app.client.signed import BankrollClient  # noqa: E402
-from tests.stack import Stack  # noqa: E402
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+from app.client.signed import BankrollClient
+from bench.common import percentile, running_stack
 
 
 def summary(name: str, latencies_s: list[float], wall_s: float, errors: int) -> str:
@@ -121,19 +111,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
 
-    stack = Stack(Path(tempfile.mkdtemp(prefix="bankroll-bench-")))
-    stack.env["REPLY_TIMEOUT_MS"] = "10000"
-    try:
-        stack.start_services()
-        for i in range(args.workers):
-            stack.start_worker(f"worker-{i + 1}")
-        stack.start_web()
-        stack.wait_ready()
+    with running_stack(args.workers) as stack:
         asyncio.run(run(stack.base_url, stack.env["DATABASE_URL"], stack.tenant_id, args.requests,
                         args.concurrency, args.players))
-    finally:
-        stack.stop()
-
 
 if __name__ == "__main__":
     main()

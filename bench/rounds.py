@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaProducer
 from app.api.bus import bootstrap_servers
 from app.client.signed import BankrollClient
 from app.streaming import GAME_ROUNDS, topic_name
-from bench.common import running_stack
+from bench.common import create_funded_players, running_stack
 
 
 async def run(stack, rounds: int, players: int) -> None:
@@ -29,12 +29,7 @@ async def run(stack, rounds: int, players: int) -> None:
         client = BankrollClient(stack.base_url, session=session)
         tag = str(int(time.time()))
         ids = [f"rp-{tag}-{i}" for i in range(players)]
-        for start in range(0, players, 100):
-            await asyncio.gather(*(client.call("POST", "/v1/players", {"player_id": p, "currency": "EUR",
-                                                                         "country": "DE"}) for p in ids[start:start + 100]))
-            await asyncio.gather(*(client.call("POST", "/v1/adjustments", {
-                "adjustment_id": f"fund-{p}", "player_id": p, "wallet": "CASH", "currency": "EUR",
-                "amount": 100_000_000, "reason": "benchmark funding"}) for p in ids[start:start + 100]))
+        await create_funded_players(client, ids, 100_000_000)
 
     settings = stack.settings
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers(settings.kafka_url), linger_ms=5,

@@ -70,12 +70,19 @@ async def owner_of(request: web.Request, tenant_id: str, route: str, missing: st
     return player_id
 
 
-async def claim_after_success(request: web.Request, tenant_id: str, route: str, player_id: str, code: str,
-                              body: dict, conflict: str) -> web.Response:
-    if code in ("ok", "created", "accepted"):
-        if await services(request).routes.claim(tenant_id, route, player_id) != player_id:
-            return error(conflict, "this id belongs to another player")
-    return result_response(code, body)
+async def dispatch_routed(request: web.Request, player_id: str, route: str, command: object, operation_key: str,
+                          meaning: dict, conflict: str) -> web.Response:
+    """Dispatch a command that opens an operation later requests name by id alone (a
+    deposit, a bet, a withdrawal): refuse an id another player owns, and record the route
+    once the agent accepted, before the client hears of it."""
+    tenant_id = request["tenant_id"]
+    routes = services(request).routes
+    if await routes.lookup(tenant_id, route) not in (None, player_id):
+        return error(conflict, "this id belongs to another player")
+    code, reply = await dispatch(request, tenant_id, player_id, command, operation_key, meaning)
+    if code in ("ok", "created", "accepted") and await routes.claim(tenant_id, route, player_id) != player_id:
+        return error(conflict, "this id belongs to another player")
+    return result_response(code, reply)
 
 
 class NotFound(Exception):
@@ -165,13 +172,8 @@ async def create_deposit(request: web.Request) -> web.Response:
         method=v.text(body, "method"),
     )
     idempotency_key = v.ident(body, "idempotency_key", required=False) or command.deposit_id
-    tenant_id = request["tenant_id"]
-    owner = await services(request).routes.lookup(tenant_id, command.deposit_id)
-    if owner not in (None, command.player_id):
-        return error("deposit_exists", "a deposit with this id belongs to another player")
-    code, reply = await dispatch(request, tenant_id, command.player_id, command, f"deposit:{idempotency_key}", body)
-    return await claim_after_success(request, tenant_id, command.deposit_id, command.player_id, code, reply,
-                                     "deposit_exists")
+    return await dispatch_routed(request, command.player_id, command.deposit_id, command,
+                                 f"deposit:{idempotency_key}", body, "deposit_exists")
 
 
 async def psp_webhook(request: web.Request) -> web.Response:
@@ -222,14 +224,9 @@ async def place_bet(request: web.Request) -> web.Response:
         policy=policy,
         provider=v.ident(body, "provider", required=False) or "house",
     )
-    player_id = v.ident(body, "player_id")
-    tenant_id = request["tenant_id"]
-    route = f"bet:{command.bet_id}"
-    if await services(request).routes.lookup(tenant_id, route) not in (None, player_id):
-        return error("bet_exists", "a bet with this id belongs to another player")
     key = v.ident(body, "idempotency_key", required=False) or command.bet_id
-    code, reply = await dispatch(request, tenant_id, player_id, command, f"bet:{key}", body)
-    return await claim_after_success(request, tenant_id, route, player_id, code, reply, "bet_exists")
+    return await dispatch_routed(request, v.ident(body, "player_id"), f"bet:{command.bet_id}", command,
+                                 f"bet:{key}", body, "bet_exists")
 
 
 async def _bet_action(request: web.Request, command: object, bet_id: str, action: str, body: dict) -> web.Response:
@@ -285,14 +282,9 @@ async def create_withdrawal(request: web.Request) -> web.Response:
         method=v.text(body, "method"),
         destination=v.text(body, "destination", max_len=128) if "destination" in body else "",
     )
-    player_id = v.ident(body, "player_id")
-    tenant_id = request["tenant_id"]
-    route = f"withdrawal:{command.withdrawal_id}"
-    if await services(request).routes.lookup(tenant_id, route) not in (None, player_id):
-        return error("withdrawal_exists", "a withdrawal with this id belongs to another player")
     key = v.ident(body, "idempotency_key", required=False) or command.withdrawal_id
-    code, reply = await dispatch(request, tenant_id, player_id, command, f"withdrawal:{key}", body)
-    return await claim_after_success(request, tenant_id, route, player_id, code, reply, "withdrawal_exists")
+    return await dispatch_routed(request, v.ident(body, "player_id"), f"withdrawal:{command.withdrawal_id}",
+                                 command, f"withdrawal:{key}", body, "withdrawal_exists")
 
 
 async def get_withdrawal(request: web.Request) -> web.Response:
