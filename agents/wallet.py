@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Iterable, MutableMapping
 
+from aiokafka.partitioner import DefaultPartitioner
+
 from app.domain.wallet.codec import decode_state, encode_state
 from app.domain.wallet.core import (
     Context, Rules, WalletResult, WalletState, decide, evolve, limits_view, wallet_view, withdrawal_view,
@@ -146,16 +148,38 @@ def _read(state: WalletState, envelope: CommandEnvelope) -> tuple[str, dict]:
     return str(WalletResult.OK), withdrawal_view(withdrawal)
 
 
+def _poison(key: bytes, exc: Exception) -> None:
+    # A message no Bankroll process could have written. Stopping here would stall every
+    # player on the partition behind it, so it is counted, logged and passed over.
+    POISON_MESSAGES.inc()
+    log.error("skipping undecodable wallet command (key %r): %r", key, exc)
+
+
 async def handle_wallet_message(deps: WalletAgentDeps, key: bytes, value: bytes) -> None:
-    started = time.perf_counter()
     try:
         envelope = CommandEnvelope.decode(value)
+    except Exception as exc:
+        _poison(key, exc)
+        return
+    await apply_envelope(deps, key, envelope)
+
+
+def owns_key(key: bytes, partition: int, partitions: int) -> bool:
+    """Whether a message on this partition may be applied to the record of its key: the
+    partition the command topic (and so the table) would use for it. A producer with
+    another partitioner would otherwise give one player two owners."""
+    return _PARTITIONER(key, list(range(partitions)), list(range(partitions))) == partition
+
+
+_PARTITIONER = DefaultPartitioner()
+
+
+async def apply_envelope(deps: WalletAgentDeps, key: bytes, envelope: CommandEnvelope) -> None:
+    started = time.perf_counter()
+    try:
         command = None if envelope.kind in READ_KINDS else envelope.command()
     except Exception as exc:
-        # A message no Bankroll process could have written. Stopping here would stall every
-        # player on the partition behind it, so it is counted, logged and passed over.
-        POISON_MESSAGES.inc()
-        log.error("skipping undecodable wallet command (key %r): %r", key, exc)
+        _poison(key, exc)
         return
     state = load_state(deps.table, key, envelope.tenant_id)
 

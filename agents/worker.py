@@ -18,13 +18,16 @@ import redis.asyncio as aioredis
 from prometheus_client import start_http_server
 
 from agents.ledger_flush import run_ledger_flush
-from agents.wallet import ExpiryScheduler, OutputBuffer, Snapshot, WalletAgentDeps, handle_wallet_message, rules_from_settings
+from agents.wallet import (
+    ExpiryScheduler, OutputBuffer, Snapshot, WalletAgentDeps, apply_envelope, handle_wallet_message, owns_key,
+    rules_from_settings,
+)
 from app.api.validation import InvalidRequest
 from app.domain.wallet.core import Tick
 from app.messages import CommandEnvelope
 from app.metrics import ROUNDS_REJECTED
 from app.rounds import parse_round
-from app.streaming import GAME_ROUND_RESULTS, WALLET_COMMANDS, BankrollApp, Streams, create_streams, topic_name
+from app.streaming import GAME_ROUND_RESULTS, GAME_ROUNDS, WALLET_COMMANDS, BankrollApp, Streams, create_streams, topic_name
 from config import Settings, load_settings
 from storage.postgres.migrate import migrate
 from storage.postgres.stores import PostgresLedgerStore, create_pool
@@ -102,7 +105,25 @@ def build_worker(
     scheduler = ExpiryScheduler()
     last_scan_ms = [0]
 
-    @app.agent(streams.wallet_commands, name="wallet")
+    rounds_topic = topic_name(settings, GAME_ROUNDS)
+
+    async def on_round(deps: WalletAgentDeps, event) -> None:  # type: ignore[no-untyped-def]
+        try:
+            key, envelope = parse_round(event.value, int(event.message.timestamp * 1000), results_topic)
+        except InvalidRequest as exc:
+            ROUNDS_REJECTED.inc()
+            result = {"request_id": "", "code": "invalid_request", "body": {"error": {
+                "code": "invalid_request", "message": str(exc)}}}
+            await streams.game_round_results.send(key=event.key, value=json.dumps(result).encode())
+            return
+        if event.key == key and owns_key(key, event.message.partition, settings.topic_partitions):
+            await apply_envelope(deps, key, envelope)
+        else:
+            # Keyed or partitioned otherwise by its producer: re-keyed onto the command topic,
+            # so the actor that owns the player applies it in order with its other commands.
+            await streams.wallet_commands.send(key=key, value=envelope.encode())
+
+    @app.agent(streams.wallet_inputs, name="wallet")
     async def wallet_agent(stream):  # type: ignore[no-untyped-def]
         reply_topics = {results_topic: streams.game_round_results}
 
@@ -121,29 +142,16 @@ def build_worker(
             scheduler=scheduler,
         )
         async for event in stream.events():
-            await handle_wallet_message(deps, event.key, event.value)
+            if event.message.topic == rounds_topic:
+                await on_round(deps, event)
+            else:
+                await handle_wallet_message(deps, event.key, event.value)
 
     @app.agent(streams.ledger_postings, name="ledger-flush")
     async def ledger_flush_agent(stream):  # type: ignore[no-untyped-def]
         await run_ledger_flush(
             stream, resources.ledger_store, settings.ledger_flush_max_rows, settings.ledger_flush_within_ms / 1000
         )
-
-    @app.agent(streams.game_rounds, name="game-rounds")
-    async def game_rounds_agent(stream):  # type: ignore[no-untyped-def]
-        async for event in stream.events():
-            received_ms = int(event.message.timestamp * 1000)
-            try:
-                key, envelope = parse_round(event.value, received_ms, results_topic)
-            except InvalidRequest as exc:
-                ROUNDS_REJECTED.inc()
-                result = {"request_id": "", "code": "invalid_request", "body": {"error": {
-                    "code": "invalid_request", "message": str(exc)}}}
-                await streams.game_round_results.send(key=event.key, value=json.dumps(result).encode())
-                continue
-            # Re-keyed onto the command topic, so the agent owning the player applies it in
-            # order with that player's HTTP commands.
-            await streams.wallet_commands.send(key=key, value=envelope.encode())
 
     @app.timer(1.0)
     async def heartbeat_and_expiry() -> None:

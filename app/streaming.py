@@ -118,6 +118,9 @@ class Streams:
     ledger_postings: Any
     game_rounds: Any
     game_round_results: Any
+    # The wallet agent's subscription: commands and game rounds, co-partitioned with the
+    # table, so one actor per partition serializes everything about a player.
+    wallet_inputs: Any
     wallets: Any  # the changelogged table: key tenant|player (bytes) -> msgpack wallet record
 
 
@@ -161,10 +164,15 @@ def create_streams(settings: Settings, *, app_id: str | None = None) -> Streams:
         topic_name(settings, GAME_ROUND_RESULTS), key_type=bytes, value_type=bytes, key_serializer="raw",
         value_serializer="raw", partitions=settings.topic_partitions,
     )
+    wallet_inputs = app.topic(
+        topic_name(settings, WALLET_COMMANDS), topic_name(settings, GAME_ROUNDS), key_type=bytes, value_type=bytes,
+        key_serializer="raw", value_serializer="raw", partitions=settings.topic_partitions,
+    )
     # bytes key and value types make Faust use the raw codec for the changelog, both when
     # writing and when recovering; the value is the msgpack record of app.domain.wallet.codec.
     wallets = app.Table(
         WALLET_TABLE, default=None, partitions=settings.topic_partitions, key_type=bytes, value_type=bytes,
     )
     return Streams(app=app, wallet_commands=wallet_commands, ledger_postings=ledger_postings,
-                   game_rounds=game_rounds, game_round_results=game_round_results, wallets=wallets)
+                   game_rounds=game_rounds, game_round_results=game_round_results, wallet_inputs=wallet_inputs,
+                   wallets=wallets)

@@ -20,6 +20,7 @@ from aiokafka import AIOKafkaProducer
 
 from app.api.bus import bootstrap_servers
 from app.client.signed import BankrollClient
+from app.messages import wallet_key
 from app.streaming import GAME_ROUNDS, topic_name
 from bench.common import create_funded_players, running_stack
 
@@ -44,7 +45,9 @@ async def run(stack, rounds: int, players: int) -> None:
         message = {"round_id": f"r-{tag}-{i}", "tenant_id": stack.tenant_id, "player_id": player,
                    "provider": "bench", "bet": {"amount": 100, "currency": "EUR"},
                    "win": {"amount": win, "currency": "EUR"}}
-        await producer.send(topic_name(settings, GAME_ROUNDS), json.dumps(message).encode(), key=player.encode())
+        # Keyed as the README asks of game servers, so each round goes straight to its actor.
+        await producer.send(topic_name(settings, GAME_ROUNDS), json.dumps(message).encode(),
+                            key=wallet_key(stack.tenant_id, player))
     await producer.flush()
     sent = time.perf_counter() - began
     await producer.stop()

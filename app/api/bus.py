@@ -19,7 +19,11 @@ from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExists
 
 from app.messages import CommandEnvelope, decode_reply
 from app.metrics import REPLY_TIMEOUTS
-from app.streaming import LEDGER_POSTINGS, WALLET_COMMANDS, topic_name
+from app.streaming import GAME_ROUND_RESULTS, GAME_ROUNDS, LEDGER_POSTINGS, WALLET_COMMANDS, topic_name
+
+# Created with the configured partition count before anything is produced, so a broker that
+# auto-creates topics cannot give the ones the table is co-partitioned with another count.
+BANKROLL_TOPICS = (WALLET_COMMANDS, LEDGER_POSTINGS, GAME_ROUNDS, GAME_ROUND_RESULTS)
 from config import Settings
 
 log = logging.getLogger("bankroll.bus")
@@ -34,8 +38,7 @@ def bootstrap_servers(kafka_url: str) -> str:
 
 
 async def ensure_topics(settings: Settings, timeout_s: float = 60.0) -> None:
-    """Create the command and posting topics with the configured partition count, so a
-    broker that auto-creates topics cannot make them with its own default."""
+    """Create Bankroll's topics (BANKROLL_TOPICS) with the configured partition count."""
     deadline = time.monotonic() + timeout_s
     while True:
         admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers(settings.kafka_url))
@@ -44,7 +47,7 @@ async def ensure_topics(settings: Settings, timeout_s: float = 60.0) -> None:
             existing = set(await admin.list_topics())
             missing = [
                 NewTopic(name, settings.topic_partitions, 1)
-                for name in (topic_name(settings, WALLET_COMMANDS), topic_name(settings, LEDGER_POSTINGS))
+                for name in (topic_name(settings, t) for t in BANKROLL_TOPICS)
                 if name not in existing
             ]
             if missing:

@@ -22,3 +22,15 @@ def test_topics_and_table_follow_the_settings():
     assert streams.ledger_postings.get_topic_name() == "staging.ledger.postings"
     assert streams.wallets.partitions == 3
     assert (streams.wallets.key_serializer, streams.wallets.value_serializer) == ("raw", "raw")
+
+
+def test_a_round_is_owned_by_the_partition_the_command_topic_would_use():
+    from aiokafka.partitioner import DefaultPartitioner
+
+    from agents.wallet import owns_key
+    from app.messages import wallet_key
+
+    key = wallet_key("dev", "p42")
+    expected = DefaultPartitioner()(key, list(range(8)), list(range(8)))
+    assert owns_key(key, expected, 8)
+    assert not any(owns_key(key, p, 8) for p in range(8) if p != expected)

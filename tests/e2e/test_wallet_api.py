@@ -10,6 +10,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from app.api.bus import bootstrap_servers
+from app.messages import wallet_key
 from app.streaming import GAME_ROUND_RESULTS, GAME_ROUNDS, topic_name
 from tests.e2e.helpers import Ledger, cash, create_player, deposit, signed_at, uid, webhook_body
 
@@ -245,10 +246,22 @@ async def test_game_rounds_stream_applies_once_and_answers_on_the_results_topic(
         assert len(mine) == 3 and all(r["body"] == mine[0]["body"] for r in mine)
         assert mine[0]["code"] == "ok" and mine[0]["body"]["cash_delta"] == 250
         assert any(r["code"] == "invalid_request" for r in results)
+
+        # Keyed as the command topic is (tenant|player), a round is applied by the owning
+        # actor directly, without the hop through the command topic.
+        direct = {**message, "round_id": uid("r"), "win": {"amount": 0, "currency": "EUR"}}
+        await producer.send_and_wait(topic_name(settings, GAME_ROUNDS), json.dumps(direct).encode(),
+                                     key=wallet_key(stack.tenant_id, player))
+        deadline = time.monotonic() + 30
+        while not any(r["request_id"] == direct["round_id"] for r in results) and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            results += [json.loads(m.value) for msgs in batch.values() for m in msgs]
+        answer = next(r for r in results if r["request_id"] == direct["round_id"])
+        assert (answer["code"], answer["body"]["cash_delta"]) == ("ok", -100)
     finally:
         await producer.stop()
         await consumer.stop()
-    assert await cash(client, player) == 1_250
+    assert await cash(client, player) == 1_150
 
 
 BAD = [
