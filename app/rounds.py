@@ -9,9 +9,7 @@ the same idempotency as the HTTP path: the operation key is the provider's round
 a round delivered twice is applied once. Pure: parsing and validation only."""
 from __future__ import annotations
 
-import json
-
-from app.api.validation import InvalidRequest, amount, currency, ident, no_unknown_fields
+from app.api.validation import InvalidRequest, amount, currency, ident, no_unknown_fields, parse_json_object
 from app.domain.wallet.core import PlayRound
 from app.domain.wallet.policies import DEFAULT_POLICY
 from app.messages import TOPIC_REPLY_PREFIX, CommandEnvelope, request_hash, wallet_key
@@ -19,12 +17,7 @@ from app.messages import TOPIC_REPLY_PREFIX, CommandEnvelope, request_hash, wall
 
 def parse_round(raw: bytes, received_at_ms: int, results_topic: str) -> tuple[bytes, CommandEnvelope]:
     """(partition key, command) for one round message; raises InvalidRequest."""
-    try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise InvalidRequest("the round is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("the round must be a JSON object")
+    body = parse_json_object(raw)
     no_unknown_fields(body, {"round_id", "tenant_id", "player_id", "provider", "bet", "win", "policy"})
     bet, win = body.get("bet"), body.get("win") or {"amount": 0, "currency": (body.get("bet") or {}).get("currency")}
     if not isinstance(bet, dict) or not isinstance(win, dict):
