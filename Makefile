@@ -12,8 +12,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# The local run streams demo game rounds so the jackpot pools visibly grow and drop;
+# DEMO_ROUNDS_PER_S=0 make run turns them off.
 run: $(STAMP)
-	$(PY) -m app.run
+	DEMO_ROUNDS_PER_S=$${DEMO_ROUNDS_PER_S:-20} $(PY) -m app.run
 
 test: $(STAMP)
 	$(PY) -m pytest -q
@@ -22,6 +24,7 @@ bench: $(STAMP)
 	$(PY) -m bench.deposits
 	$(PY) -m bench.bets
 	$(PY) -m bench.rounds
+	$(PY) -m bench.jackpot
 
 clean:
 	rm -rf .run

@@ -11,17 +11,20 @@ import heapq
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Awaitable, Callable, Iterable, MutableMapping
 
 from aiokafka.partitioner import DefaultPartitioner
 
+from app.domain.jackpot.core import Contribute
 from app.domain.wallet.codec import decode_state, encode_state
 from app.domain.wallet.core import (
-    Context, Rules, WalletResult, WalletState, decide, evolve, limits_view, wallet_view, withdrawal_view,
+    RETRYABLE_JACKPOT_REFUSALS, Context, CreditJackpot, PlayRound, Rules, WalletResult, WalletState, decide, evolve,
+    limits_view, wallet_view, withdrawal_view,
 )
 from app.messages import (
     READ_KINDS, READ_LIMITS, READ_WALLET, TOPIC_REPLY_PREFIX, CommandEnvelope, encode_ledger_batch, encode_reply,
+    json_bytes, pool_key, request_hash,
 )
 from app.metrics import AGENT_SECONDS, POISON_MESSAGES
 from config import Settings
@@ -40,14 +43,20 @@ def rules_from_settings(settings: Settings) -> Rules:
     )
 
 
-class ExpiryScheduler:
-    """When each player's record next has something to expire. Derived from the table,
-    so it is rebuilt by a scan after a restart or a rebalance and needs no storage; a
-    due key gets a Tick command on its own partition, serialized with everything else."""
+def _wallet_deadline(raw: bytes) -> int | None:
+    return decode_state(raw).next_deadline_ms()
 
-    def __init__(self) -> None:
+
+class ExpiryScheduler:
+    """When each record next has something to do (a hold to expire, a pool deadline, a
+    payout to send again). Derived from the table, so it is rebuilt by a scan after a
+    restart or a rebalance and needs no storage; a due key gets a Tick command on its own
+    partition, serialized with everything else."""
+
+    def __init__(self, next_due: Callable[[bytes], int | None] = _wallet_deadline) -> None:
         self._heap: list[tuple[int, bytes]] = []
         self._scheduled: dict[bytes, int] = {}
+        self._next_due = next_due
 
     def schedule(self, key: bytes, at_ms: int | None) -> None:
         if at_ms is None or self._scheduled.get(key) == at_ms:
@@ -67,10 +76,11 @@ class ExpiryScheduler:
     def scan(self, records: Iterable[tuple[bytes, bytes]]) -> None:
         for key, raw in records:
             if raw:
-                self.schedule(key, decode_state(raw).next_deadline_ms())
+                self.schedule(key, self._next_due(raw))
 
 
-Snapshot = tuple[str, str, int, str]  # tenant, player, version, JSON
+WALLET_SNAPSHOT, POOL_SNAPSHOT = "wallet", "pool"
+Snapshot = tuple[str, str, str, int, str]  # kind, tenant, player or pool id, version, JSON
 
 
 class OutputBuffer:
@@ -81,13 +91,14 @@ class OutputBuffer:
 
     def __init__(self, flush: Callable[[list[Snapshot], list[tuple[str, bytes]]], Awaitable[None]]) -> None:
         self._flush = flush
-        self._snapshots: dict[tuple[str, str], Snapshot] = {}
+        self._snapshots: dict[tuple[str, str, str], Snapshot] = {}
         self._replies: list[tuple[str, bytes]] = []
         self._dirty = asyncio.Event()
         self._task: asyncio.Task | None = None
 
-    def snapshot(self, tenant_id: str, player_id: str, version: int, snapshot_json: str) -> None:
-        self._snapshots[(tenant_id, player_id)] = (tenant_id, player_id, version, snapshot_json)
+    def snapshot(self, tenant_id: str, subject_id: str, version: int, snapshot_json: str,
+                 kind: str = WALLET_SNAPSHOT) -> None:
+        self._snapshots[(kind, tenant_id, subject_id)] = (kind, tenant_id, subject_id, version, snapshot_json)
         self._wake()
 
     def reply(self, channel: str, payload: bytes) -> None:
@@ -97,7 +108,7 @@ class OutputBuffer:
     def _wake(self) -> None:
         self._dirty.set()
         if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run(), name="wallet-output-flush")
+            self._task = asyncio.create_task(self._run(), name="output-flush")
 
     async def _run(self) -> None:
         while True:
@@ -120,10 +131,14 @@ class WalletAgentDeps:
     table: MutableMapping[bytes, bytes]
     send_ledger: Callable[[bytes, bytes], Awaitable[None]]
     outputs: OutputBuffer
-    send_topic_reply: Callable[[str, bytes, bytes], Awaitable[None]]
+    send_topic_reply: Callable[[str, bytes, bytes], Awaitable[None]]  # (topic name as given, key, value)
     retention_ms: int
     rules: Rules
     scheduler: ExpiryScheduler
+    # Full topic names of the jackpot topics the wallet writes to (TOPIC_PREFIX applied).
+    jp_commands_topic: str = "jp.commands"
+    jp_credited_topic: str = "jp.payout.credited"
+    jp_failed_topic: str = "jp.payout.failed"
 
 
 def load_state(table: MutableMapping[bytes, bytes], key: bytes, tenant_id: str) -> WalletState:
@@ -174,13 +189,15 @@ def owns_key(key: bytes, partition: int, partitions: int) -> bool:
 _PARTITIONER = DefaultPartitioner()
 
 
-async def apply_envelope(deps: WalletAgentDeps, key: bytes, envelope: CommandEnvelope) -> None:
+async def apply_envelope(deps: WalletAgentDeps, key: bytes, envelope: CommandEnvelope) -> tuple[str, dict] | None:
+    """Apply one command and emit its outputs; returns the result (code, body), or None
+    for a message that could not be decoded."""
     started = time.perf_counter()
     try:
         command = None if envelope.kind in READ_KINDS else envelope.command()
     except Exception as exc:
         _poison(key, exc)
-        return
+        return None
     state = load_state(deps.table, key, envelope.tenant_id)
 
     if command is None:
@@ -202,6 +219,9 @@ async def apply_envelope(deps: WalletAgentDeps, key: bytes, envelope: CommandEnv
         if decision.postings or decision.audit:
             await deps.send_ledger(key, encode_ledger_batch(decision.postings, decision.audit))
         code, body = str(decision.outcome.code), decision.outcome.body
+        if isinstance(command, PlayRound) and command.jackpots and decision.outcome.ok:
+            # A replay sends them again too: the pool counts a contribution id once.
+            await _send_round_contributions(deps, envelope, command, state.player_id)
 
     if state.registered:
         deps.outputs.snapshot(state.tenant_id, state.player_id, state.version, json.dumps(wallet_view(state)))
@@ -211,3 +231,62 @@ async def apply_envelope(deps: WalletAgentDeps, key: bytes, envelope: CommandEnv
     elif envelope.reply_to:
         deps.outputs.reply(envelope.reply_to, encode_reply(envelope.request_id, code, body))
     AGENT_SECONDS.labels(envelope.kind).observe(time.perf_counter() - started)
+    return code, body
+
+
+async def _send_round_contributions(deps: WalletAgentDeps, envelope: CommandEnvelope, command: PlayRound,
+                                    player_id: str) -> None:
+    for pool_id, explicit_minor in command.jackpots:
+        contribute = Contribute(
+            contribution_id=envelope.operation_key, brand_id=command.brand_id, region=command.region,
+            round_id=command.round_id, player_id=player_id, bet_minor=command.bet_minor, currency=command.currency,
+            contribution_minor=explicit_minor, provider=command.provider,
+        )
+        message = CommandEnvelope.wrap(contribute, tenant_id=envelope.tenant_id, operation_key="", request_hash="",
+                                       now_ms=envelope.now_ms, reply_to="", request_id="")
+        await deps.send_topic_reply(deps.jp_commands_topic, pool_key(envelope.tenant_id, pool_id), message.encode())
+
+
+def payout_envelope(message: dict) -> CommandEnvelope:
+    """The wallet command for a `jp.payout.requested` event. Its request hash covers what
+    the credit is (not the attempt or the time it was asked), so every attempt of one win
+    is the same operation; the time is the request's, so a redelivery decides alike."""
+    command = CreditJackpot(
+        pool_id=message["pool_id"], trigger_id=message["trigger_id"], tier=message["tier"],
+        amount_minor=message["amount"], currency=message["currency"], round_id=message["round_id"],
+        brand_id=message["brand_id"],
+    )
+    meaning = {"payout_key": message["idempotency_key"], "player_id": message["player_id"], **asdict(command)}
+    return CommandEnvelope.wrap(command, tenant_id=message["tenant_id"], operation_key=message["idempotency_key"],
+                                request_hash=request_hash(meaning), now_ms=message["requested_at_ms"], reply_to="",
+                                request_id="")
+
+
+async def apply_payout_request(deps: WalletAgentDeps, key: bytes, raw: bytes) -> None:
+    """Credit a jackpot win and answer the pool on `jp.payout.credited` or
+    `jp.payout.failed`. A request for a win already credited is answered as credited
+    again: the pool may never have heard the first answer."""
+    try:
+        message = json.loads(raw)
+        envelope = payout_envelope(message)
+    except Exception as exc:
+        _poison(key, exc)
+        return
+    result = await apply_envelope(deps, key, envelope)
+    if result is None:
+        return
+    code, body = result
+    answer = {k: message[k] for k in ("tenant_id", "pool_id", "tier", "trigger_id", "idempotency_key", "player_id",
+                                      "round_id", "brand_id", "region", "amount", "currency", "attempt")}
+    # The answer's own time (the pool records when its win was credited); the command's
+    # time is the request's, kept for the wallet's replays.
+    answer["answered_at_ms"] = int(time.time() * 1000)
+    if code in (WalletResult.CREATED, WalletResult.OK):
+        topic = deps.jp_credited_topic
+    else:
+        topic = deps.jp_failed_topic
+        answer.update(reason=code, retryable=code in RETRYABLE_JACKPOT_REFUSALS,
+                      message=body.get("error", {}).get("message", ""))
+        if code == WalletResult.IDEMPOTENCY_CONFLICT:
+            log.error("payout %s requested with another amount or player: %s", message["idempotency_key"], message)
+    await deps.send_topic_reply(topic, pool_key(message["tenant_id"], message["pool_id"]), json_bytes(answer))

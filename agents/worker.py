@@ -17,26 +17,33 @@ import asyncpg
 import redis.asyncio as aioredis
 from prometheus_client import start_http_server
 
+from agents import jackpot as jackpot_agent
 from agents.ledger_flush import run_ledger_flush
 from agents.wallet import (
-    ExpiryScheduler, OutputBuffer, Snapshot, WalletAgentDeps, apply_envelope, handle_wallet_message, owns_key,
-    rules_from_settings,
+    POOL_SNAPSHOT, ExpiryScheduler, OutputBuffer, Snapshot, WalletAgentDeps, apply_envelope, apply_payout_request,
+    handle_wallet_message, owns_key, rules_from_settings,
 )
 from app.api.validation import InvalidRequest
+from app.domain.jackpot import core as jp
+from app.domain.jackpot.codec import decode_state as decode_pool
 from app.domain.wallet.core import Tick
-from app.messages import CommandEnvelope
-from app.metrics import ROUNDS_REJECTED
+from app.messages import PRUNE_POOL_OPERATIONS, CommandEnvelope
+from app.metrics import POISON_MESSAGES, ROUNDS_REJECTED
 from app.rounds import parse_round
-from app.streaming import GAME_ROUND_RESULTS, GAME_ROUNDS, WALLET_COMMANDS, BankrollApp, Streams, create_streams, topic_name
+from app.streaming import (
+    GAME_ROUND_RESULTS, GAME_ROUNDS, JP_COMMANDS, JP_CONTRIBUTION_RECORDED, JP_PAYOUT_CREDITED, JP_PAYOUT_FAILED,
+    JP_PAYOUT_REQUESTED, WALLET_COMMANDS, BankrollApp, Streams, create_streams, topic_name,
+)
 from config import Settings, load_settings
 from storage.postgres.migrate import migrate
 from storage.postgres.stores import PostgresLedgerStore, create_pool
 from storage.ports import LedgerStore
-from storage.redis.stores import RedisWalletCache, connect as connect_redis, worker_key_prefix
+from storage.redis.stores import RedisPoolCache, RedisWalletCache, connect as connect_redis, worker_key_prefix
 
 log = logging.getLogger("bankroll.worker")
 
 WORKER_HEARTBEAT_TTL_S = 5
+PRUNE_BATCH = 1000
 
 
 class WorkerResources:
@@ -57,11 +64,15 @@ class WorkerResources:
     async def flush_outputs(self, snapshots: list[Snapshot], replies: list[tuple[str, bytes]]) -> None:
         """Every snapshot and reply of a batch in one Redis round trip."""
         client = await self.redis()
-        cache = RedisWalletCache(client)
+        wallets, pools = RedisWalletCache(client), RedisPoolCache(client)
         async with client.pipeline(transaction=False) as pipe:
-            for tenant_id, player_id, version, snapshot_json in snapshots:
-                await cache.queue_put(pipe, tenant_id, player_id, version, snapshot_json,
-                                      self.settings.wallet_cache_ttl_s)
+            for kind, tenant_id, subject_id, version, snapshot_json in snapshots:
+                if kind == POOL_SNAPSHOT:
+                    await pools.queue_put(pipe, tenant_id, subject_id, version, snapshot_json,
+                                          self.settings.pool_cache_ttl_s)
+                else:
+                    await wallets.queue_put(pipe, tenant_id, subject_id, version, snapshot_json,
+                                            self.settings.wallet_cache_ttl_s)
             for channel, payload in replies:
                 pipe.publish(channel, payload)
             await pipe.execute()
@@ -103,9 +114,27 @@ def build_worker(
     results_topic = topic_name(settings, GAME_ROUND_RESULTS)
     worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
     scheduler = ExpiryScheduler()
+    jp_rules = jackpot_agent.rules_from_settings(settings)
+    pool_scheduler = ExpiryScheduler(jackpot_agent.pool_deadline(jp_rules))
     last_scan_ms = [0]
+    scanned_partitions: list[int] = []
+    retention_ms = settings.idempotency_retention_s * 1000
+    outputs = OutputBuffer(resources.flush_outputs)
 
     rounds_topic = topic_name(settings, GAME_ROUNDS)
+    jp_names = {name: topic_name(settings, name) for name in (
+        JP_COMMANDS, JP_CONTRIBUTION_RECORDED, JP_PAYOUT_REQUESTED, JP_PAYOUT_CREDITED, JP_PAYOUT_FAILED)}
+    jp_topics = {jp_names[JP_COMMANDS]: streams.jp_commands,
+                 jp_names[JP_CONTRIBUTION_RECORDED]: streams.jp_contribution_recorded,
+                 jp_names[JP_PAYOUT_REQUESTED]: streams.jp_payout_requested,
+                 jp_names[JP_PAYOUT_CREDITED]: streams.jp_payout_credited,
+                 jp_names[JP_PAYOUT_FAILED]: streams.jp_payout_failed}
+    reply_topics = {results_topic: streams.game_round_results, **jp_topics}
+
+    async def send_to_topic(topic: str, key: bytes, value: bytes) -> None:
+        if topic not in reply_topics:
+            reply_topics[topic] = app.topic(topic, key_serializer="raw", value_serializer="raw")
+        await reply_topics[topic].send(key=key, value=value)
 
     async def on_round(deps: WalletAgentDeps, event) -> None:  # type: ignore[no-untyped-def]
         try:
@@ -123,29 +152,74 @@ def build_worker(
             # so the actor that owns the player applies it in order with its other commands.
             await streams.wallet_commands.send(key=key, value=envelope.encode())
 
+    def owned(event) -> bool:  # type: ignore[no-untyped-def]
+        return owns_key(event.key, event.message.partition, settings.topic_partitions)
+
     @app.agent(streams.wallet_inputs, name="wallet")
     async def wallet_agent(stream):  # type: ignore[no-untyped-def]
-        reply_topics = {results_topic: streams.game_round_results}
-
-        async def send_topic_reply(topic: str, key: bytes, value: bytes) -> None:
-            if topic not in reply_topics:
-                reply_topics[topic] = app.topic(topic, key_serializer="raw", value_serializer="raw")
-            await reply_topics[topic].send(key=key, value=value)
-
         deps = WalletAgentDeps(
             table=streams.wallets,
             send_ledger=resources.postings_sender(streams),
-            outputs=OutputBuffer(resources.flush_outputs),
-            send_topic_reply=send_topic_reply,
-            retention_ms=settings.idempotency_retention_s * 1000,
+            outputs=outputs,
+            send_topic_reply=send_to_topic,
+            retention_ms=retention_ms,
             rules=rules_from_settings(settings),
             scheduler=scheduler,
+            jp_commands_topic=jp_names[JP_COMMANDS],
+            jp_credited_topic=jp_names[JP_PAYOUT_CREDITED],
+            jp_failed_topic=jp_names[JP_PAYOUT_FAILED],
         )
         async for event in stream.events():
-            if event.message.topic == rounds_topic:
+            topic = event.message.topic
+            if topic == rounds_topic:
                 await on_round(deps, event)
+            elif topic == jp_names[JP_PAYOUT_REQUESTED]:
+                if owned(event):
+                    await apply_payout_request(deps, event.key, event.value)
+                else:
+                    await resend(event)
             else:
                 await handle_wallet_message(deps, event.key, event.value)
+
+    async def resend(event) -> None:  # type: ignore[no-untyped-def]
+        # Partitioned otherwise by its producer: sent again with the default partitioner, so
+        # the actor that owns the key applies it in order with everything else about it.
+        if not event.key:
+            POISON_MESSAGES.inc()
+            log.error("dropping an unkeyed message on %s", event.message.topic)
+            return
+        await send_to_topic(event.message.topic, event.key, event.value)
+
+    jackpot_deps = jackpot_agent.JackpotAgentDeps(
+        table=streams.pools,
+        send_ledger=resources.postings_sender(streams),
+        send=send_to_topic,
+        outputs=outputs,
+        seed_secret=settings.jackpot_seed_secret,
+        retention_ms=retention_ms,
+        rules=jp_rules,
+        scheduler=pool_scheduler,
+        payout_requested_topic=jp_names[JP_PAYOUT_REQUESTED],
+        contribution_recorded_topic=jp_names[JP_CONTRIBUTION_RECORDED],
+    )
+
+    @app.agent(streams.jackpot_inputs, name="jackpot")
+    async def jackpot(stream):  # type: ignore[no-untyped-def]
+        async for event in stream.events():
+            if not owned(event):
+                await resend(event)
+                continue
+            topic = event.message.topic
+            if topic == jp_names[JP_COMMANDS]:
+                try:
+                    envelope = CommandEnvelope.decode(event.value)
+                except Exception as exc:
+                    jackpot_agent._poison(event.key, exc)
+                    continue
+                await jackpot_agent.apply_jackpot_envelope(jackpot_deps, event.key, envelope)
+            else:
+                await jackpot_agent.apply_payout_answer(jackpot_deps, event.key, event.value,
+                                                        credited=topic == jp_names[JP_PAYOUT_CREDITED])
 
     @app.agent(streams.ledger_postings, name="ledger-flush")
     async def ledger_flush_agent(stream):  # type: ignore[no-untyped-def]
@@ -162,16 +236,44 @@ def build_worker(
         assigned = sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == commands_topic)
         await resources.announce(worker_id, assigned if serving else [], metrics_url)
         now_ms = int(time.time() * 1000)
-        if now_ms - last_scan_ms[0] >= settings.expiry_scan_interval_s * 1000:
-            # The schedule is derived state: rebuilt from the partitions this worker owns
+        # Partitions that just arrived (a start, a rebalance after a worker died) are scanned
+        # as soon as their tables are recovered, so their deadlines are not a scan late.
+        arrived = serving and assigned != scanned_partitions
+        if arrived or now_ms - last_scan_ms[0] >= settings.expiry_scan_interval_s * 1000:
+            # The schedules are derived state: rebuilt from the partitions this worker owns
             # now, which also covers partitions that moved here in a rebalance.
             last_scan_ms[0] = now_ms
+            if serving:
+                scanned_partitions[:] = assigned
             scheduler.scan(streams.wallets.items())
+            await scan_pools(now_ms)
         for key in scheduler.due(now_ms):
             tenant_id = key.decode().split("|", 1)[0]
             tick = CommandEnvelope.wrap(Tick(), tenant_id=tenant_id, operation_key="", request_hash="",
                                         now_ms=now_ms, reply_to="", request_id="")
             await streams.wallet_commands.send(key=key, value=tick.encode())
+        for key in pool_scheduler.due(now_ms):
+            tenant_id = key.decode().split("|", 1)[0]
+            # The tick id names the moment, so a redelivered tick is a replay, not a second tick.
+            tick = CommandEnvelope.wrap(jp.Tick(tick_id=str(now_ms)), tenant_id=tenant_id, operation_key="",
+                                        request_hash="", now_ms=now_ms, reply_to="", request_id="")
+            await streams.jp_commands.send(key=key, value=tick.encode())
+
+    async def scan_pools(now_ms: int) -> None:
+        items = list(streams.pools.items())
+        pools = [(key, raw) for key, raw in items if raw and jackpot_agent.is_pool_key(key)]
+        pool_scheduler.scan(pools)
+        # Widgets read pool snapshots from Redis: refreshed here so a quiet pool stays listed.
+        for key, raw in pools:
+            jackpot_agent.publish_snapshot(jackpot_deps, decode_pool(raw))
+        for key, expired in jackpot_agent.expired_operations(items, now_ms - retention_ms).items():
+            tenant_id = key.decode().split("|", 1)[0]
+            # In slices, so no message comes near the broker's size limit.
+            for start in range(0, len(expired), PRUNE_BATCH):
+                prune = CommandEnvelope(kind=PRUNE_POOL_OPERATIONS, tenant_id=tenant_id, operation_key="",
+                                        request_hash="", now_ms=now_ms, reply_to="", request_id="",
+                                        payload={"keys": [k.decode() for k in expired[start:start + PRUNE_BATCH]]})
+                await streams.jp_commands.send(key=key, value=prune.encode())
 
     return app
 

@@ -14,6 +14,7 @@ import msgpack
 
 from app.domain.audit import AuditRecord
 from app.domain.ledger import Posting
+from app.domain.jackpot import core as jp
 from app.domain.wallet import core as w
 
 COMMAND_TYPES: dict[str, type] = {
@@ -33,9 +34,25 @@ COMMAND_TYPES: dict[str, type] = {
     "convert_fx": w.ConvertFx,
     "adjust": w.Adjust,
     "play_round": w.PlayRound,
+    "credit_jackpot": w.CreditJackpot,
     "tick": w.Tick,
 }
+# Commands of the jackpot agent, on `jp.commands`. The wallet's payout answers arrive on
+# their own topics as JSON events and become PayoutCredited / PayoutFailed there.
+JP_COMMAND_TYPES: dict[str, type] = {
+    "jp_create_pool": jp.CreatePool,
+    "jp_reconfigure": jp.Reconfigure,
+    "jp_contribute": jp.Contribute,
+    "jp_check_candidate": jp.CheckCandidate,
+    "jp_trigger": jp.Trigger,
+    "jp_tick": jp.Tick,
+    "jp_retry_payout": jp.RetryPayout,
+}
+COMMAND_TYPES.update(JP_COMMAND_TYPES)
 COMMAND_NAMES = {cls: name for name, cls in COMMAND_TYPES.items()}
+READ_POOL = "jp_read_pool"
+# Drop the operation records of a pool named in the payload (older than the retention).
+PRUNE_POOL_OPERATIONS = "jp_prune_operations"
 # Reads go through the owning agent too when the Redis snapshot is missing, so they see
 # every write before them on the partition.
 READ_WALLET = "read_wallet"
@@ -65,6 +82,16 @@ def wallet_key(tenant_id: str, player_id: str) -> bytes:
     return f"{tenant_id}|{player_id}".encode()
 
 
+def pool_key(tenant_id: str, pool_id: str) -> bytes:
+    """The partition key of everything about one jackpot pool."""
+    return f"{tenant_id}|{pool_id}".encode()
+
+
+def json_bytes(value: Any) -> bytes:
+    """The JSON events of the jp.* and game.rounds.results topics, for any consumer."""
+    return json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
+
+
 @dataclass(frozen=True, slots=True)
 class CommandEnvelope:
     kind: str
@@ -83,11 +110,18 @@ class CommandEnvelope:
     def decode(cls, raw: bytes) -> "CommandEnvelope":
         return cls(**msgpack.unpackb(raw, raw=False))
 
-    def command(self) -> w.Command:
-        return COMMAND_TYPES[self.kind](**{k: _tuples(v) for k, v in self.payload.items()})
+    def command(self) -> w.Command | jp.Command:
+        cls = COMMAND_TYPES[self.kind]
+        fields = {k: _tuples(v) for k, v in self.payload.items()}
+        # asdict() turned the tiers of these two into maps; they travel as such.
+        if cls is jp.CreatePool:
+            fields["tiers"] = tuple(jp.TierConfig(**t) for t in self.payload.get("tiers", ()))
+        elif cls is jp.Reconfigure:
+            fields["tiers"] = tuple(jp.TierPatch(**t) for t in self.payload.get("tiers", ()))
+        return cls(**fields)
 
     @classmethod
-    def wrap(cls, command: w.Command, **fields: Any) -> "CommandEnvelope":
+    def wrap(cls, command: w.Command | jp.Command, **fields: Any) -> "CommandEnvelope":
         return cls(kind=COMMAND_NAMES[type(command)], payload=asdict(command), **fields)
 
 

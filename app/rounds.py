@@ -2,7 +2,13 @@
 
     {"round_id": "r-1", "tenant_id": "dev", "player_id": "p42", "provider": "acme",
      "bet": {"amount": 100, "currency": "EUR"}, "win": {"amount": 250, "currency": "EUR"},
-     "policy": "casino"}
+     "policy": "casino", "brand_id": "b1", "region": "mt",
+     "jackpots": [{"pool_id": "grand"}, {"pool_id": "daily", "contribution": {"amount": 2, "currency": "EUR"}}]}
+
+brand_id, region and jackpots are optional. Each jackpot entry contributes to a pool: by
+the pool's basis points of the bet, or the explicit contribution given. The contribution
+id is the round's operation key, so the pool counts a round once however often it
+arrives, and the contribution traces back to the round.
 
 A round becomes a `play_round` command for the wallet agent that owns the player, with
 the same idempotency as the HTTP path: the operation key is the provider's round id, so
@@ -18,7 +24,8 @@ from app.messages import TOPIC_REPLY_PREFIX, CommandEnvelope, request_hash, wall
 def parse_round(raw: bytes, received_at_ms: int, results_topic: str) -> tuple[bytes, CommandEnvelope]:
     """(partition key, command) for one round message; raises InvalidRequest."""
     body = parse_json_object(raw)
-    no_unknown_fields(body, {"round_id", "tenant_id", "player_id", "provider", "bet", "win", "policy"})
+    no_unknown_fields(body, {"round_id", "tenant_id", "player_id", "provider", "bet", "win", "policy", "brand_id",
+                             "region", "jackpots"})
     bet, win = body.get("bet"), body.get("win") or {"amount": 0, "currency": (body.get("bet") or {}).get("currency")}
     if not isinstance(bet, dict) or not isinstance(win, dict):
         raise InvalidRequest("`bet` and `win` must be objects of amount and currency")
@@ -35,6 +42,9 @@ def parse_round(raw: bytes, received_at_ms: int, results_topic: str) -> tuple[by
         win_minor=win_minor,
         currency=bet_currency,
         policy=body.get("policy") or DEFAULT_POLICY,
+        brand_id=ident(body, "brand_id", required=False) or "",
+        region=ident(body, "region", required=False) or "",
+        jackpots=_jackpots(body, bet_minor, bet_currency),
     )
     tenant_id, player_id = ident(body, "tenant_id"), ident(body, "player_id")
     envelope = CommandEnvelope.wrap(
@@ -47,3 +57,31 @@ def parse_round(raw: bytes, received_at_ms: int, results_topic: str) -> tuple[by
         request_id=command.round_id,
     )
     return wallet_key(tenant_id, player_id), envelope
+
+
+MAX_JACKPOTS_PER_ROUND = 8
+
+
+def _jackpots(body: dict, bet_minor: int, bet_currency: str) -> tuple[tuple[str, int | None], ...]:
+    entries = body.get("jackpots")
+    if entries is None:
+        return ()
+    if not isinstance(entries, list) or len(entries) > MAX_JACKPOTS_PER_ROUND:
+        raise InvalidRequest(f"`jackpots` must be a list of at most {MAX_JACKPOTS_PER_ROUND} pools")
+    if entries and (body.get("brand_id") is None or bet_minor == 0):
+        raise InvalidRequest("a round with jackpot contributions names its brand_id and has a bet")
+    out: dict[str, int | None] = {}
+    for entry in entries:
+        if not isinstance(entry, dict):
+            raise InvalidRequest("each jackpot entry is an object with a pool_id")
+        no_unknown_fields(entry, {"pool_id", "contribution"})
+        pool_id = ident(entry, "pool_id")
+        explicit = entry.get("contribution")
+        if explicit is not None:
+            if not isinstance(explicit, dict) or currency(explicit) != bet_currency:
+                raise InvalidRequest("a jackpot contribution is an amount in the bet's currency")
+            explicit = amount(explicit, "amount")
+        if pool_id in out:
+            raise InvalidRequest(f"pool {pool_id} is named twice")
+        out[pool_id] = explicit
+    return tuple(out.items())

@@ -22,6 +22,8 @@ def plan(settings: Settings, procfile_text: str) -> list[tuple[str, str]]:
     for name, command in parse_procfile(procfile_text).processes.items():
         if name in EMBEDDED and not getattr(settings, EMBEDDED[name]):
             continue
+        if name == "demo" and not settings.demo_rounds_per_s:
+            continue
         if command.startswith("python "):
             command = f"{sys.executable} {command[len('python '):]}"
         copies = settings.worker_count if name == "worker" else 1
@@ -41,6 +43,9 @@ def banner(settings: Settings) -> str:
         f"  PostgreSQL  {where(settings.database_url, settings.postgres_embedded)}",
         f"  Redis       {where(settings.redis_url, settings.redis_embedded)}",
         f"  workers     {settings.worker_count}",
+        *([f"  demo        {settings.demo_rounds_per_s} game rounds/s with jackpots; widget: "
+           f"http://{settings.http_host}:{settings.http_port}/jp/widget?tenant={settings.api_keys[0].tenant_id}"]
+          if settings.demo_rounds_per_s else []),
         "Ctrl-C stops everything.",
     ])
 

@@ -19,6 +19,14 @@ LEDGER_POSTINGS = "ledger.postings"
 GAME_ROUNDS = "game.rounds"  # game servers publish finished rounds here (JSON)
 GAME_ROUND_RESULTS = "game.rounds.results"  # Bankroll's answer to each round (JSON)
 WALLET_TABLE = "wallets"
+# Jackpots (SPEC §3). Commands and the wallet's payout answers are keyed tenant|pool; payout
+# requests tenant|player, so the wallet agent that owns the winner applies them.
+JP_COMMANDS = "jp.commands"
+JP_CONTRIBUTION_RECORDED = "jp.contribution.recorded"
+JP_PAYOUT_REQUESTED = "jp.payout.requested"
+JP_PAYOUT_CREDITED = "jp.payout.credited"
+JP_PAYOUT_FAILED = "jp.payout.failed"
+POOL_TABLE = "pools"
 
 
 def topic_name(settings: Settings, name: str) -> str:
@@ -122,6 +130,16 @@ class Streams:
     # table, so one actor per partition serializes everything about a player.
     wallet_inputs: Any
     wallets: Any  # the changelogged table: key tenant|player (bytes) -> msgpack wallet record
+    jp_commands: Any
+    jp_contribution_recorded: Any
+    jp_payout_requested: Any
+    jp_payout_credited: Any
+    jp_payout_failed: Any
+    # The jackpot agent's subscription: pool commands and the wallet's payout answers.
+    jackpot_inputs: Any
+    # key tenant|pool -> msgpack pool record; key tenant|pool|op|{operation} -> that
+    # operation's record (see agents/jackpot.py)
+    pools: Any
 
 
 def create_streams(settings: Settings, *, app_id: str | None = None) -> Streams:
@@ -164,15 +182,23 @@ def create_streams(settings: Settings, *, app_id: str | None = None) -> Streams:
         topic_name(settings, GAME_ROUND_RESULTS), key_type=bytes, value_type=bytes, key_serializer="raw",
         value_serializer="raw", partitions=settings.topic_partitions,
     )
-    wallet_inputs = app.topic(
-        topic_name(settings, WALLET_COMMANDS), topic_name(settings, GAME_ROUNDS), key_type=bytes, value_type=bytes,
-        key_serializer="raw", value_serializer="raw", partitions=settings.topic_partitions,
-    )
+    def raw_topic(*names: str) -> Any:
+        return app.topic(*(topic_name(settings, n) for n in names), key_type=bytes, value_type=bytes,
+                         key_serializer="raw", value_serializer="raw", partitions=settings.topic_partitions)
+
+    wallet_inputs = raw_topic(WALLET_COMMANDS, GAME_ROUNDS, JP_PAYOUT_REQUESTED)
+    jackpot_inputs = raw_topic(JP_COMMANDS, JP_PAYOUT_CREDITED, JP_PAYOUT_FAILED)
     # bytes key and value types make Faust use the raw codec for the changelog, both when
     # writing and when recovering; the value is the msgpack record of app.domain.wallet.codec.
     wallets = app.Table(
         WALLET_TABLE, default=None, partitions=settings.topic_partitions, key_type=bytes, value_type=bytes,
     )
+    pools = app.Table(
+        POOL_TABLE, default=None, partitions=settings.topic_partitions, key_type=bytes, value_type=bytes,
+    )
     return Streams(app=app, wallet_commands=wallet_commands, ledger_postings=ledger_postings,
                    game_rounds=game_rounds, game_round_results=game_round_results, wallet_inputs=wallet_inputs,
-                   wallets=wallets)
+                   wallets=wallets, jp_commands=raw_topic(JP_COMMANDS),
+                   jp_contribution_recorded=raw_topic(JP_CONTRIBUTION_RECORDED),
+                   jp_payout_requested=raw_topic(JP_PAYOUT_REQUESTED), jp_payout_credited=raw_topic(JP_PAYOUT_CREDITED),
+                   jp_payout_failed=raw_topic(JP_PAYOUT_FAILED), jackpot_inputs=jackpot_inputs, pools=pools)

@@ -74,7 +74,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MAX_DEPOSITS_PER_HOUR", "20", "Velocity limit: deposits a player may start per hour."),
     Setting("MAX_WITHDRAWALS_PER_HOUR", "5", "Velocity limit: withdrawals a player may start per hour."),
     Setting("BLOCKED_PAYOUT_DESTINATIONS", "", "Payout destinations refused for withdrawals, comma separated."),
-    Setting("EXPIRY_SCAN_INTERVAL_S", "60", "How often a worker rescans its table for holds and bonuses to expire."),
+    Setting("EXPIRY_SCAN_INTERVAL_S", "60", "How often a worker rescans its tables for holds and bonuses to expire, pool timers and expired pool operation records."),
+    Setting("JACKPOT_SEED_SECRET", "local-jackpot-seed-secret", "Secret the jackpot pools' server seeds are derived from (HMAC per pool); keep it in a vault."),
+    Setting("JACKPOT_PAYOUT_RESEND_S", "30", "A jackpot payout request unanswered this long is sent to the wallet again."),
+    Setting("JACKPOT_PAYOUT_RETRY_S", "60", "A payout refused for a reason that may pass (AML hold) is retried after this long."),
+    Setting("JACKPOT_MAX_PAYOUT_ATTEMPTS", "5", "Payout attempts before only an operator's retry asks again."),
+    Setting("POOL_CACHE_TTL_S", "3600", "TTL of the Redis pool snapshots (workers refresh them at every scan)."),
+    Setting("DEMO_ROUNDS_PER_S", "0", "Demo game rounds with jackpot contributions `make run` streams per second (0: none)."),
     Setting("LEDGER_FLUSH_MAX_ROWS", "2000", "Most postings flushed to PostgreSQL in one batch."),
     Setting("LEDGER_FLUSH_WITHIN_MS", "20", "Longest a posting waits in the flush buffer."),
     Setting("SIGNATURE_MAX_SKEW_S", "300", "Largest allowed difference between X-Timestamp and the server clock."),
@@ -162,6 +168,12 @@ class Settings:
     max_withdrawals_per_hour: int
     blocked_payout_destinations: frozenset[str]
     expiry_scan_interval_s: int
+    jackpot_seed_secret: bytes
+    jackpot_payout_resend_s: int
+    jackpot_payout_retry_s: int
+    jackpot_max_payout_attempts: int
+    pool_cache_ttl_s: int
+    demo_rounds_per_s: int
     ledger_flush_max_rows: int
     ledger_flush_within_ms: int
     signature_max_skew_s: int
@@ -227,6 +239,12 @@ class Settings:
                 d.strip() for d in get("BLOCKED_PAYOUT_DESTINATIONS").split(",") if d.strip()
             ),
             expiry_scan_interval_s=_positive_int("EXPIRY_SCAN_INTERVAL_S", get("EXPIRY_SCAN_INTERVAL_S")),
+            jackpot_seed_secret=get("JACKPOT_SEED_SECRET").encode(),
+            jackpot_payout_resend_s=_positive_int("JACKPOT_PAYOUT_RESEND_S", get("JACKPOT_PAYOUT_RESEND_S")),
+            jackpot_payout_retry_s=_positive_int("JACKPOT_PAYOUT_RETRY_S", get("JACKPOT_PAYOUT_RETRY_S")),
+            jackpot_max_payout_attempts=_positive_int("JACKPOT_MAX_PAYOUT_ATTEMPTS", get("JACKPOT_MAX_PAYOUT_ATTEMPTS")),
+            pool_cache_ttl_s=_positive_int("POOL_CACHE_TTL_S", get("POOL_CACHE_TTL_S")),
+            demo_rounds_per_s=_non_negative_int("DEMO_ROUNDS_PER_S", get("DEMO_ROUNDS_PER_S")),
             ledger_flush_max_rows=_positive_int("LEDGER_FLUSH_MAX_ROWS", get("LEDGER_FLUSH_MAX_ROWS")),
             ledger_flush_within_ms=_positive_int("LEDGER_FLUSH_WITHIN_MS", get("LEDGER_FLUSH_WITHIN_MS")),
             signature_max_skew_s=_positive_int("SIGNATURE_MAX_SKEW_S", get("SIGNATURE_MAX_SKEW_S")),
@@ -246,6 +264,8 @@ class Settings:
             raise SettingsError("BROKER_HEARTBEAT_INTERVAL_S must be below BROKER_SESSION_TIMEOUT_S")
         if self.idempotency_retention_s < 72 * 3600:
             raise SettingsError("IDEMPOTENCY_RETENTION_S must keep keys at least 72 hours (259200 s)")
+        if len(self.jackpot_seed_secret) < 16:
+            raise SettingsError("JACKPOT_SEED_SECRET must be at least 16 bytes")
         if not self.api_keys:
             raise SettingsError("API_KEYS must name at least one key")
         if self.log_level not in {"debug", "info", "warning", "error"}:

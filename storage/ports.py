@@ -11,6 +11,17 @@ from app.domain.ledger import Posting
 # (topic, partition) -> the next offset to read, i.e. last committed offset + 1.
 Positions = Mapping[tuple[str, int], int]
 
+# The pool an audit_id of a jackpot chain record names (group 1), in a spelling Python's re
+# and PostgreSQL's regular expressions read alike.
+CHAIN_AUDIT_POOL_PATTERN = r"^jp:([^:]+):chain:"
+
+
+def chain_audit_prefix(pool_id: str) -> str:
+    """How the audit_id of each of a pool's chain records begins: core.chain_audit_record
+    names them jp:{pool_id}:chain:{seq} (tests/unit/test_jp_verify.py keeps the two in
+    step). Pool ids have no ':', so the prefix names one pool."""
+    return f"jp:{pool_id}:chain:"
+
 
 class LedgerStore(Protocol):
     async def append(
@@ -42,6 +53,17 @@ class LedgerStore(Protocol):
     async def audit(self, tenant_id: str, player_id: str, limit: int) -> list[AuditRecord]:
         """The player's latest `limit` audit records, newest (created_at) first."""
 
+    async def chain_records(self, tenant_id: str, pool_id: str) -> list[AuditRecord]:
+        """The jackpot pool's hash-chain entries as stored: the records of kind "jp_chain"
+        whose audit_id begins with chain_audit_prefix(pool_id), whatever their detail
+        says, ordered by the entry's seq (detail "seq") as a number, then by storage
+        order. A record whose seq is not a number (only tampering makes one) comes last,
+        so the verifier still sees it instead of the read failing."""
+
+    async def chain_pools(self, tenant_id: str) -> list[str]:
+        """The pools the audit_ids of the tenant's chain records name
+        (CHAIN_AUDIT_POOL_PATTERN), sorted."""
+
     async def ledger_totals(self) -> dict[tuple[str, str], tuple[int, int]]:
         """A system read over every tenant, for the reconciliation: (tenant_id, account)
         -> (balance, turnover), where balance is credits minus debits and turnover is
@@ -63,6 +85,19 @@ class WalletCache(Protocol):
         """Store the snapshot unless a newer version is cached; True when stored."""
 
     async def get(self, tenant_id: str, player_id: str) -> str | None: ...
+
+
+class PoolCache(Protocol):
+    """Jackpot pool snapshots (core.pool_view as JSON) for pool reads and live widgets.
+    A put that stores also announces the snapshot to the tenant's subscribers."""
+
+    async def put(self, tenant_id: str, pool_id: str, version: int, view_json: str, ttl_s: int) -> bool:
+        """Store the snapshot unless a newer version is cached; True when stored."""
+
+    async def get(self, tenant_id: str, pool_id: str) -> str | None: ...
+
+    async def list(self, tenant_id: str) -> list[str]:
+        """Every cached snapshot of the tenant's pools, ordered by pool id."""
 
 
 class SignatureGuard(Protocol):

@@ -19,12 +19,16 @@ from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExists
 
 from app.messages import CommandEnvelope, decode_reply
 from app.metrics import REPLY_TIMEOUTS
-from app.streaming import GAME_ROUND_RESULTS, GAME_ROUNDS, LEDGER_POSTINGS, WALLET_COMMANDS, topic_name
+from app.streaming import (
+    GAME_ROUND_RESULTS, GAME_ROUNDS, JP_COMMANDS, JP_CONTRIBUTION_RECORDED, JP_PAYOUT_CREDITED, JP_PAYOUT_FAILED,
+    JP_PAYOUT_REQUESTED, LEDGER_POSTINGS, WALLET_COMMANDS, topic_name,
+)
+from config import Settings
 
 # Created with the configured partition count before anything is produced, so a broker that
-# auto-creates topics cannot give the ones the table is co-partitioned with another count.
-BANKROLL_TOPICS = (WALLET_COMMANDS, LEDGER_POSTINGS, GAME_ROUNDS, GAME_ROUND_RESULTS)
-from config import Settings
+# auto-creates topics cannot give the ones the tables are co-partitioned with another count.
+BANKROLL_TOPICS = (WALLET_COMMANDS, LEDGER_POSTINGS, GAME_ROUNDS, GAME_ROUND_RESULTS, JP_COMMANDS,
+                   JP_CONTRIBUTION_RECORDED, JP_PAYOUT_REQUESTED, JP_PAYOUT_CREDITED, JP_PAYOUT_FAILED)
 
 log = logging.getLogger("bankroll.bus")
 
@@ -71,7 +75,6 @@ class CommandBus:
         self._redis = redis_client
         self.channel = f"bankroll:replies:{uuid.uuid4().hex}"
         self._pending: dict[str, asyncio.Future] = {}
-        self._commands_topic = topic_name(settings, WALLET_COMMANDS)
         self._producer: AIOKafkaProducer | None = None
         self._pubsub = None
         self._listener: asyncio.Task | None = None
@@ -115,7 +118,10 @@ class CommandBus:
             if future is not None and not future.done():
                 future.set_result((code, body))
 
-    async def request(self, key: bytes, envelope_fields: dict, command_kind: str, payload: dict) -> tuple[str, dict]:
+    async def request(self, key: bytes, envelope_fields: dict, command_kind: str, payload: dict,
+                      topic: str = WALLET_COMMANDS) -> tuple[str, dict]:
+        """Send a command to the agent that owns key (on `topic`, by default the wallet
+        commands) and wait for its result."""
         if self._producer is None:
             raise RuntimeError("CommandBus.start() was not awaited")
         request_id = uuid.uuid4().hex
@@ -125,7 +131,7 @@ class CommandBus:
             kind=command_kind, reply_to=self.channel, request_id=request_id, payload=payload, **envelope_fields
         )
         try:
-            delivery = await self._producer.send(self._commands_topic, envelope.encode(), key=key)
+            delivery = await self._producer.send(topic_name(self._settings, topic), envelope.encode(), key=key)
             try:
                 return await asyncio.wait_for(future, self._settings.reply_timeout_ms / 1000)
             except asyncio.TimeoutError:

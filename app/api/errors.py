@@ -6,6 +6,7 @@ import json
 from aiohttp import web
 
 from app.api.signing import AuthResult
+from app.domain.jackpot.core import JackpotResult
 from app.domain.wallet.core import WalletResult
 
 STATUS: dict[str, int] = {
@@ -48,6 +49,27 @@ STATUS: dict[str, int] = {
     WalletResult.AML_HOLD: 403,
     WalletResult.VELOCITY_LIMIT_EXCEEDED: 429,
     WalletResult.DESTINATION_BLOCKED: 403,
+    JackpotResult.POOL_EXISTS: 409,
+    JackpotResult.POOL_NOT_FOUND: 404,
+    JackpotResult.INVALID_CONFIG: 422,
+    JackpotResult.CURRENCY_MISMATCH: 422,
+    JackpotResult.BRAND_NOT_IN_POOL: 422,
+    JackpotResult.REGION_NOT_IN_POOL: 422,
+    JackpotResult.INVALID_CONTRIBUTION: 422,
+    JackpotResult.BET_BELOW_MINIMUM: 422,
+    JackpotResult.POOL_CLOSED: 409,
+    JackpotResult.TIER_NOT_FOUND: 404,
+    JackpotResult.INVALID_TRIGGER: 422,
+    JackpotResult.TRIGGER_NOT_ALLOWED: 409,
+    JackpotResult.TRIGGER_EXISTS: 409,
+    JackpotResult.POOL_EMPTY: 409,
+    JackpotResult.PAYOUT_NOT_FOUND: 404,
+    JackpotResult.PAYOUT_ALREADY_CREDITED: 409,
+    JackpotResult.PAYOUT_NOT_FAILED: 409,
+    JackpotResult.STALE_PAYOUT_MESSAGE: 409,
+    # The engine's seed does not match the pool's commitment: JACKPOT_SEED_SECRET changed
+    # under a running pool. Nothing the caller can fix.
+    JackpotResult.SERVER_SEED_MISMATCH: 500,
     "fx_rate_not_found": 422,
     AuthResult.MISSING_SIGNATURE: 401,
     AuthResult.UNKNOWN_API_KEY: 401,

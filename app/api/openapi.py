@@ -38,6 +38,98 @@ _PERIODS = {"type": "object", "properties": {p: {"type": ["integer", "null"], "m
 _PLAYER = {"name": "player_id", "in": "path", "required": True, "schema": _ID}
 _HOLD = {"name": "hold_id", "in": "path", "required": True, "schema": {"type": "string"}}
 
+# The public jackpot widget (app/api/widget.py): unsigned, read-only, filtered per tenant.
+_WIDGET_QUERY = [{"name": "tenant", "in": "query", "required": True, "schema": _ID},
+                 {"name": "brand_id", "in": "query", "required": False, "schema": _ID},
+                 {"name": "pool_id", "in": "query", "required": False, "schema": _ID}]
+_WIDGET_PATHS = {
+    "/jp/widget": {"get": _op("The live jackpot widget page (HTML); it reads its own query string",
+                              {"200": "text/html", "400": "invalid request"}, signed=False, params=_WIDGET_QUERY)},
+    "/jp/widget.js": {"get": _op("The widget's script", {"200": "text/javascript"}, signed=False)},
+    "/jp/widget.css": {"get": _op("The widget's style sheet", {"200": "text/css"}, signed=False)},
+    "/jp/widget/pools": {"get": _op(
+        "Pool sizes as the widget shows them: {pools: [{pool_id, name, kind, status, currency, exponent, region, "
+        "brand_ids, size, version, tiers: [{tier, size, last_winner}], deadline_ms (timed)}]}; sizes in minor units",
+        {"200": "pools", "400": "invalid request", "503": "Redis unavailable"}, signed=False, params=_WIDGET_QUERY)},
+    "/jp/widget/stream": {"get": _op(
+        "Server-Sent Events: `pools` with the current list, then `pool` with each newer snapshot; "
+        "a comment every 15 s", {"200": "text/event-stream", "400": "invalid request", "503": "Redis unavailable"},
+        signed=False, params=_WIDGET_QUERY)},
+}
+
+
+# Jackpots (app/api/jackpot.py). Sizes and amounts are minor units of the pool's currency.
+_POOL = {"name": "pool_id", "in": "path", "required": True, "schema": _ID}
+_MONEY = _obj(["amount", "currency"], amount=_AMOUNT, currency=_CURRENCY)
+_ODDS = {"type": "string", "example": "0.0001", "description": "probability per eligible round"}
+_MINOR = {"type": "integer", "minimum": 0, "description": "minor units"}
+_TIER = {"type": "object", "required": ["name"], "additionalProperties": False, "properties": {
+    "name": {"type": "string", "pattern": "^[a-z0-9_]{1,32}$"}, "seed_amount": _MINOR,
+    "cap": {"type": ["integer", "null"], "minimum": 1}, "share_bps": {"type": "integer", "minimum": 0,
+                                                                     "maximum": 10000},
+    "odds": _ODDS, "drop_min": _MINOR, "drop_max": _MINOR}}
+_POOL_CONFIG = {
+    "brand_ids": {"type": "array", "items": _ID, "minItems": 1}, "region": _ID,
+    "contribution_bps": {"type": "integer", "minimum": 0, "maximum": 10000},
+    "tiers": {"type": "array", "items": _TIER, "minItems": 1, "maxItems": 8},
+    "deadline": {"type": "integer", "description": "unix seconds (timed pools)"},
+    "period_s": {"type": "integer", "minimum": 1, "description": "seconds between deadlines (timed pools)"},
+    "min_bet": _AMOUNT, "name": {"type": "string", "maxLength": 80},
+}
+_JP_FAIL = {**_AUTH_FAIL, "404": "pool_not_found, tier_not_found", "504": "timeout (retry with the same id)"}
+_JACKPOT_PATHS = {
+    "/v1/jp/contributions": {"post": _op(
+        "Record a round's contribution (idempotent on contribution_id); may drop the pool; "
+        "publishes jp.contribution.recorded",
+        {"200": "amount per tier, reserve, sizes and wins", **_JP_FAIL,
+         "409": "pool_closed or idempotency_conflict",
+         "422": "brand_not_in_pool, region_not_in_pool, currency_mismatch, invalid_contribution, bet_below_minimum"},
+        body=_obj(["contribution_id", "brand_id", "pool_id", "round_id", "player_id", "bet"],
+                  contribution_id=_ID, brand_id=_ID, pool_id=_ID, round_id=_ID, player_id=_ID, region=_ID,
+                  bet=_MONEY, contribution=_MONEY))},
+    "/v1/jp/candidates": {"post": _op(
+        "Would a round take part in the pool: {eligible, reason, odds, rules}",
+        {"200": "eligibility", **_JP_FAIL},
+        body=_obj(["pool_id", "brand_id", "bet"], pool_id=_ID, brand_id=_ID, region=_ID, bet=_MONEY,
+                  player_id=_ID))},
+    "/v1/jp/triggers": {"post": _op(
+        "Record a win decided outside the engine; the payout saga credits the winner",
+        {"201": "win with payout_key", **_JP_FAIL, "409": "trigger_exists, trigger_not_allowed, pool_empty, "
+         "pool_closed", "422": "invalid_trigger, brand_not_in_pool, region_not_in_pool"},
+        body=_obj(["trigger_id", "pool_id", "reason", "selection"], trigger_id=_ID, pool_id=_ID,
+                  reason={"type": "string", "maxLength": 200}, tier={"type": "string"}, brand_id=_ID, region=_ID,
+                  selection=_obj(["player_id", "round_id"], player_id=_ID, round_id=_ID)))},
+    "/v1/jp/pools": {
+        "post": _op(
+            "Create a pool (admin; audited): fixed, progressive, multi_tier, must_drop or timed; "
+            "several brand_ids make a network pool",
+            {"201": "created with the seeded sizes", **_JP_FAIL, "409": "pool_exists", "422": "invalid_config"},
+            body=_obj(["pool_id", "kind", "brand_ids", "region", "currency"], pool_id=_ID,
+                      kind={"enum": ["fixed", "progressive", "multi_tier", "must_drop", "timed"]},
+                      currency=_CURRENCY, seed_amount=_MINOR, cap=_AMOUNT, odds=_ODDS, drop_min=_MINOR,
+                      drop_max=_MINOR, **_POOL_CONFIG)),
+        "get": _op(
+            "The tenant's pools, from the snapshots", {"200": "pools", **_AUTH_FAIL},
+            params=[{"name": n, "in": "query", "required": False, "schema": _ID}
+                    for n in ("brand_id", "region", "kind", "status")]),
+    },
+    "/v1/jp/pools/{pool_id}": {
+        "get": _op("A pool: size, seed, cap, tiers, participants, drop range and commitment, deadline",
+                   {"200": "pool", **_JP_FAIL}, params=[_POOL]),
+        "patch": _op(
+            "Reconfigure a pool (admin; appended to the pool's audit chain with the reason)",
+            {"200": "new configuration", **_JP_FAIL, "409": "idempotency_conflict", "422": "invalid_config"},
+            body=_obj(["reason"], reason={"type": "string", "maxLength": 500}, change_id=_ID,
+                      status={"enum": ["open", "closed"]}, **_POOL_CONFIG),
+            params=[_POOL]),
+    },
+    "/v1/jp/pools/{pool_id}/payouts/{trigger_id}/retry": {"post": _op(
+        "Ask the wallet again for a failed payout (e.g. once an AML hold is lifted)",
+        {"200": "requested again", **_JP_FAIL, "409": "payout_not_failed or payout_already_credited"},
+        body={"type": "object", "additionalProperties": False},
+        params=[_POOL, {"name": "trigger_id", "in": "path", "required": True, "schema": _ID}])},
+}
+
 
 def openapi_document() -> dict:
     return {
@@ -50,6 +142,8 @@ def openapi_document() -> dict:
                                   {"200": "ready", "503": "not ready"}, signed=False)},
             "/metrics": {"get": _op("Prometheus metrics", {"200": "text exposition format"}, signed=False)},
             "/openapi.json": {"get": _op("This document", {"200": "OpenAPI 3.1"}, signed=False)},
+            **_WIDGET_PATHS,
+            **_JACKPOT_PATHS,
             "/v1/players": {"post": _op(
                 "Create a player and its wallets (a repeat is idempotent)",
                 {"201": "created", **_AUTH_FAIL, "409": "player_exists_with_different_details"},

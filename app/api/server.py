@@ -8,7 +8,6 @@ import asyncio
 import json
 import logging
 import time
-from dataclasses import asdict
 from typing import Awaitable, Callable
 
 import asyncpg
@@ -20,19 +19,21 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from app.api import handlers as h
 from app.api import validation as v
 from app.api.handlers import SERVICES, SETTINGS
+from app.api.jackpot import add_jackpot_routes
 from app.api.bus import CommandBus, ReplyTimeout
-from app.api.errors import error, json_response, result_response
+from app.api.errors import error, json_response
 from app.api.openapi import openapi_document
-from app.api.signing import AuthResult, check_psp, check_request
-from app.domain.wallet.core import PLAYER_WALLETS, ApplyPspResult, CreatePlayer, RequestDeposit
-from app.messages import COMMAND_NAMES, READ_WALLET, request_hash, wallet_key
+from app.api.signing import AuthResult, check_request
+from app.api.widget import add_widget_routes
 from app.metrics import HTTP_ERRORS, HTTP_SECONDS
 from config import Settings, load_settings
 from storage.fx import FxRates, PostgresFxRates
-from storage.ports import DepositRoutes, LedgerStore, SignatureGuard, WalletCache
+from storage.ports import DepositRoutes, LedgerStore, PoolCache, SignatureGuard, WalletCache
 from storage.postgres.migrate import migrate
 from storage.postgres.stores import PostgresDepositRoutes, PostgresLedgerStore, create_pool
-from storage.redis.stores import RedisSignatureGuard, RedisWalletCache, connect as connect_redis, worker_key_prefix
+from storage.redis.stores import (
+    RedisPoolCache, RedisSignatureGuard, RedisWalletCache, connect as connect_redis, worker_key_prefix,
+)
 
 log = logging.getLogger("bankroll.web")
 
@@ -54,6 +55,7 @@ class Services:
         pool: asyncpg.Pool,
         ledger: LedgerStore,
         fx_rates: FxRates,
+        pool_cache: PoolCache,
     ) -> None:
         self.bus = bus
         self.cache = cache
@@ -63,6 +65,7 @@ class Services:
         self.pool = pool
         self.ledger = ledger
         self.fx_rates = fx_rates
+        self.pool_cache = pool_cache
 
 
 def _services(request: web.Request) -> Services:
@@ -189,6 +192,7 @@ def create_web_app(settings: Settings, services: Services | None = None) -> web.
     app.router.add_get("/ready", ready)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi)
+    add_widget_routes(app)
     app.router.add_post("/v1/players", h.create_player)
     app.router.add_put("/v1/players/{player_id}/limits", h.set_limits)
     app.router.add_get("/v1/players/{player_id}/limits", h.get_limits)
@@ -209,6 +213,7 @@ def create_web_app(settings: Settings, services: Services | None = None) -> web.
     app.router.add_post("/v1/fx/conversions", h.convert_fx)
     app.router.add_post("/v1/adjustments", h.adjust)
     app.router.add_get("/v1/wallets", h.get_wallets)
+    add_jackpot_routes(app)
     if services is not None:
         app[SERVICES] = services
     else:
@@ -232,6 +237,7 @@ async def _connect(app: web.Application):  # type: ignore[no-untyped-def]
         pool=pool,
         ledger=PostgresLedgerStore(pool),
         fx_rates=PostgresFxRates(pool),
+        pool_cache=RedisPoolCache(redis_client),
     )
     log.info("Bankroll API listening on http://%s:%d", settings.http_host, settings.http_port)
     yield

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
 
 from app.domain.money import is_amount_minor, is_currency
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections import defaultdict
 from dataclasses import replace
@@ -10,7 +11,9 @@ from typing import Sequence
 from app.domain.audit import AuditRecord
 from app.domain.ledger import Posting, account_deltas
 from storage.history import check_limit, decode_cursor, encode_cursor, history_row
-from storage.ports import Positions
+from storage.ports import CHAIN_AUDIT_POOL_PATTERN, Positions, chain_audit_prefix
+
+_CHAIN_AUDIT_POOL = re.compile(CHAIN_AUDIT_POOL_PATTERN)
 
 
 class MemoryLedgerStore:
@@ -87,6 +90,30 @@ class MemoryLedgerStore:
         )
         return [replace(record, detail=json.loads(json.dumps(record.detail))) for _, _, record in mine[:limit]]
 
+    def _chain_of(self, tenant_id: str) -> list[tuple[int, AuditRecord]]:
+        return [
+            (seq, record) for seq, record in self._audit.values()
+            if record.tenant_id == tenant_id and record.kind == "jp_chain"
+        ]
+
+    async def chain_records(self, tenant_id: str, pool_id: str) -> list[AuditRecord]:
+        def order(item: tuple[int, AuditRecord]) -> tuple:
+            stored_seq, record = item
+            seq = record.detail.get("seq") if isinstance(record.detail, dict) else None
+            # The order of PostgreSQL's jsonb: a JSON number sorts by its value; true and
+            # false are not numbers there, although Python's bool is an int.
+            if isinstance(seq, (int, float)) and not isinstance(seq, bool):
+                return (0, seq, stored_seq)
+            return (1, 0, stored_seq)
+
+        prefix = chain_audit_prefix(pool_id)
+        mine = sorted((item for item in self._chain_of(tenant_id) if item[1].audit_id.startswith(prefix)), key=order)
+        return [replace(record, detail=json.loads(json.dumps(record.detail))) for _, record in mine]
+
+    async def chain_pools(self, tenant_id: str) -> list[str]:
+        named = (_CHAIN_AUDIT_POOL.match(record.audit_id) for _, record in self._chain_of(tenant_id))
+        return sorted({match.group(1) for match in named if match})
+
     async def ledger_totals(self) -> dict[tuple[str, str], tuple[int, int]]:
         totals: dict[tuple[str, str], tuple[int, int]] = {}
         for _, p in self._rows.values():
@@ -124,6 +151,36 @@ class MemoryWalletCache:
         if item is None or item[2] <= self._clock():
             return None
         return item[1]
+
+
+class MemoryPoolCache:
+    def __init__(self, clock=time.monotonic) -> None:
+        self._items: dict[tuple[str, str], tuple[int, str, float]] = {}
+        self._clock = clock
+        self.published: list[tuple[str, str]] = []  # (tenant_id, snapshot JSON), as a channel would carry them
+
+    async def put(self, tenant_id: str, pool_id: str, version: int, view_json: str, ttl_s: int) -> bool:
+        item = self._items.get((tenant_id, pool_id))
+        if item is not None and item[2] > self._clock() and item[0] > version:
+            return False
+        self._items[(tenant_id, pool_id)] = (version, view_json, self._clock() + ttl_s)
+        self.published.append((tenant_id, view_json))
+        return True
+
+    async def get(self, tenant_id: str, pool_id: str) -> str | None:
+        item = self._items.get((tenant_id, pool_id))
+        if item is None or item[2] <= self._clock():
+            return None
+        return item[1]
+
+    async def list(self, tenant_id: str) -> list[str]:
+        out = []
+        for (tenant, pool_id) in sorted(self._items):
+            if tenant == tenant_id:
+                value = await self.get(tenant, pool_id)
+                if value is not None:
+                    out.append(value)
+        return out
 
 
 class MemorySignatureGuard:

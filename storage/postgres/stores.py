@@ -17,7 +17,7 @@ from app.domain.ledger import Posting
 from storage.history import (
     check_limit, datetime_to_ms, decode_cursor, encode_cursor, history_row, ms_to_datetime,
 )
-from storage.ports import Positions
+from storage.ports import CHAIN_AUDIT_POOL_PATTERN, Positions, chain_audit_prefix
 
 # The role of migration 0002 that row-level security applies to.
 TENANT_ROLE = "bankroll_tenant"
@@ -41,6 +41,28 @@ _INSERT_AUDIT = """
 INSERT INTO audit_log (tenant_id, audit_id, player_id, kind, code, detail, created_at)
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[], $7::timestamptz[])
 ON CONFLICT (tenant_id, audit_id) DO NOTHING
+"""
+
+# A pool's chain entries in seq order. Under row-level security PostgreSQL evaluates no
+# operator that is not leakproof (->> is not) ahead of the tenant policy, so it cannot
+# serve as an index condition; the pool is therefore selected by a range of audit_ids in
+# byte order (text comparisons are leakproof), which the index of migration 0004 serves:
+# in the "C" collation the ids from 'jp:{pool}:chain:' up to, not including,
+# 'jp:{pool}:chain;' are exactly those that begin with the first. The seq is compared as a
+# number only when it is one, so a record whose seq was tampered into text is listed
+# (last) instead of making the cast fail; storage order breaks ties, so a repeated seq
+# lists both records.
+_CHAIN_RECORDS = """
+SELECT tenant_id, audit_id, player_id, kind, code, detail, created_at FROM audit_log
+WHERE tenant_id = $1 AND kind = 'jp_chain' AND audit_id COLLATE "C" >= $2 AND audit_id COLLATE "C" < $3
+ORDER BY CASE WHEN jsonb_typeof(detail->'seq') = 'number' THEN (detail->>'seq')::numeric END NULLS LAST,
+         audit_seq
+"""
+
+_CHAIN_POOLS = """
+SELECT DISTINCT substring(audit_id from $2) AS pool_id FROM audit_log
+WHERE tenant_id = $1 AND kind = 'jp_chain' AND substring(audit_id from $2) IS NOT NULL
+ORDER BY 1
 """
 
 # One row more than the page, to know whether another page follows without a count.
@@ -85,6 +107,18 @@ def _posting(r: asyncpg.Record) -> Posting:
         debit_account=r["debit_account"], credit_account=r["credit_account"],
         amount_minor=r["amount_minor"], currency=r["currency"], category=r["category"],
         created_at_ms=datetime_to_ms(r["created_at"]), reason=r["reason"], player_id=r["player_id"],
+    )
+
+
+def _next_after(prefix: str) -> str:
+    """The least string, in byte order, above every string that begins with `prefix`."""
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
+def _audit_record(r: asyncpg.Record) -> AuditRecord:
+    return AuditRecord(
+        tenant_id=r["tenant_id"], audit_id=r["audit_id"], player_id=r["player_id"], kind=r["kind"],
+        code=r["code"], created_at_ms=datetime_to_ms(r["created_at"]), detail=json.loads(r["detail"]),
     )
 
 
@@ -174,13 +208,18 @@ class PostgresLedgerStore:
                 player_id,
                 limit,
             )
-        return [
-            AuditRecord(
-                tenant_id=r["tenant_id"], audit_id=r["audit_id"], player_id=r["player_id"], kind=r["kind"],
-                code=r["code"], created_at_ms=datetime_to_ms(r["created_at"]), detail=json.loads(r["detail"]),
-            )
-            for r in rows
-        ]
+        return [_audit_record(r) for r in rows]
+
+    async def chain_records(self, tenant_id: str, pool_id: str) -> list[AuditRecord]:
+        async with tenant_transaction(self._pool, tenant_id) as conn:
+            prefix = chain_audit_prefix(pool_id)
+            rows = await conn.fetch(_CHAIN_RECORDS, tenant_id, prefix, _next_after(prefix))
+        return [_audit_record(r) for r in rows]
+
+    async def chain_pools(self, tenant_id: str) -> list[str]:
+        async with tenant_transaction(self._pool, tenant_id) as conn:
+            rows = await conn.fetch(_CHAIN_POOLS, tenant_id, CHAIN_AUDIT_POOL_PATTERN)
+        return [r["pool_id"] for r in rows]
 
     async def ledger_totals(self) -> dict[tuple[str, str], tuple[int, int]]:
         # A system read across every tenant (the reconciliation), so not a tenant transaction.

@@ -1,4 +1,4 @@
-"""Redis adapters: the wallet snapshot cache and the signature replay guard."""
+"""Redis adapters: the wallet and pool snapshot caches and the signature replay guard."""
 from __future__ import annotations
 
 import redis.asyncio as aioredis
@@ -12,6 +12,22 @@ if current and tonumber(current) > tonumber(ARGV[1]) then
 end
 redis.call('HSET', KEYS[1], 'version', ARGV[1], 'json', ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+
+
+# The pool snapshot's write also indexes the pool for listing and publishes the snapshot,
+# in one script, so a widget subscribed to the tenant's channel never misses a stored
+# version and never sees one that lost to a newer write.
+_PUT_POOL_IF_NEWER = """
+local current = redis.call('HGET', KEYS[1], 'version')
+if current and tonumber(current) > tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'version', ARGV[1], 'json', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('SADD', KEYS[2], ARGV[4])
+redis.call('PUBLISH', KEYS[3], ARGV[2])
 return 1
 """
 
@@ -44,6 +60,52 @@ class RedisWalletCache:
     async def get(self, tenant_id: str, player_id: str) -> str | None:
         value = await self._client.hget(wallet_cache_key(tenant_id, player_id), "json")
         return value.decode() if isinstance(value, bytes) else value
+
+
+def pool_cache_key(tenant_id: str, pool_id: str) -> str:
+    return f"bankroll:jp:pool:{tenant_id}:{pool_id}"
+
+
+def pool_index_key(tenant_id: str) -> str:
+    """The set of a tenant's pool ids that have (or had) a snapshot."""
+    return f"bankroll:jp:pools:{tenant_id}"
+
+
+def pool_channel(tenant_id: str) -> str:
+    """Pub/sub channel carrying every stored pool snapshot of a tenant (JSON)."""
+    return f"bankroll:jp:updates:{tenant_id}"
+
+
+class RedisPoolCache:
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._client = client
+        self._put = client.register_script(_PUT_POOL_IF_NEWER)
+
+    def _keys(self, tenant_id: str, pool_id: str) -> list[str]:
+        return [pool_cache_key(tenant_id, pool_id), pool_index_key(tenant_id), pool_channel(tenant_id)]
+
+    async def put(self, tenant_id: str, pool_id: str, version: int, view_json: str, ttl_s: int) -> bool:
+        stored = await self._put(keys=self._keys(tenant_id, pool_id), args=[version, view_json, ttl_s, pool_id])
+        return bool(stored)
+
+    async def queue_put(self, pipe: "aioredis.client.Pipeline", tenant_id: str, pool_id: str, version: int,
+                        view_json: str, ttl_s: int) -> None:
+        await self._put(keys=self._keys(tenant_id, pool_id), args=[version, view_json, ttl_s, pool_id], client=pipe)
+
+    async def get(self, tenant_id: str, pool_id: str) -> str | None:
+        value = await self._client.hget(pool_cache_key(tenant_id, pool_id), "json")
+        return value.decode() if isinstance(value, bytes) else value
+
+    async def list(self, tenant_id: str) -> list[str]:
+        pool_ids = sorted(m.decode() if isinstance(m, bytes) else m
+                          for m in await self._client.smembers(pool_index_key(tenant_id)))
+        if not pool_ids:
+            return []
+        async with self._client.pipeline(transaction=False) as pipe:
+            for pool_id in pool_ids:
+                pipe.hget(pool_cache_key(tenant_id, pool_id), "json")
+            values = await pipe.execute()
+        return [v.decode() if isinstance(v, bytes) else v for v in values if v is not None]
 
 
 class RedisSignatureGuard:

@@ -8,13 +8,14 @@ from agents.worker import WorkerResources, build_worker
 from app.domain.wallet.codec import decode_state
 from app.messages import CommandEnvelope, decode_ledger_batch, decode_reply, request_hash, wallet_key
 from config import Settings
-from storage.memory.stores import MemoryLedgerStore, MemoryWalletCache
+from storage.memory.stores import MemoryLedgerStore, MemoryPoolCache, MemoryWalletCache
 
 
 class MemoryResources(WorkerResources):
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
         self.cache = MemoryWalletCache()
+        self.pool_cache = MemoryPoolCache()
         self.replies: list[tuple[str, bytes]] = []
         self.store = MemoryLedgerStore()
         self.postings: list[tuple[bytes, bytes]] = []
@@ -26,8 +27,9 @@ class MemoryResources(WorkerResources):
         return send
 
     async def flush_outputs(self, snapshots, replies) -> None:
-        for tenant_id, player_id, version, snapshot_json in snapshots:
-            await self.cache.put(tenant_id, player_id, version, snapshot_json, 30)
+        for kind, tenant_id, subject_id, version, snapshot_json in snapshots:
+            cache = self.pool_cache if kind == "pool" else self.cache
+            await cache.put(tenant_id, subject_id, version, snapshot_json, 30)
         self.replies.extend(replies)
 
     async def announce(self, worker_id: str, partitions: list[int], metrics_url: str) -> None:
@@ -143,4 +145,4 @@ async def test_output_buffer_keeps_the_newest_snapshot_and_survives_a_failed_flu
     gate.set()
     await _until(lambda: len(flushed) == 1)
     # The first batch was lost to the failure; the second carries only the newest snapshots.
-    assert flushed == [([("dev", "p1", 3, "{v3}"), ("dev", "p2", 7, "{p2}")], [("chan", b"a")])]
+    assert flushed == [([("wallet", "dev", "p1", 3, "{v3}"), ("wallet", "dev", "p2", 7, "{p2}")], [("chan", b"a")])]

@@ -3,18 +3,21 @@ from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import replace
 
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
 from app.domain.audit import AuditRecord
+from app.domain.jackpot.chain import append as chain_append
+from app.domain.jackpot.core import chain_audit_record
 from app.domain.ledger import Posting, check_deltas_balance
 from storage.history import encode_cursor
-from storage.memory.stores import MemoryDepositRoutes, MemoryLedgerStore, MemorySignatureGuard, MemoryWalletCache
+from storage.memory.stores import MemoryDepositRoutes, MemoryLedgerStore, MemoryPoolCache, MemorySignatureGuard, MemoryWalletCache
 from storage.postgres.migrate import migrate
 from storage.postgres.stores import PostgresDepositRoutes, PostgresLedgerStore
-from storage.redis.stores import RedisSignatureGuard, RedisWalletCache
+from storage.redis.stores import RedisPoolCache, RedisSignatureGuard, RedisWalletCache
 
 pytestmark = pytest.mark.integration
 
@@ -39,6 +42,29 @@ async def redis_adapters(request, stack):
     client = aioredis.Redis.from_url(stack.env["REDIS_URL"])
     yield RedisWalletCache(client), RedisSignatureGuard(client)
     await client.aclose()
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def pool_cache(request, stack):
+    if request.param == "memory":
+        yield MemoryPoolCache()
+        return
+    client = aioredis.Redis.from_url(stack.env["REDIS_URL"])
+    yield RedisPoolCache(client)
+    await client.aclose()
+
+
+async def test_pool_cache_keeps_the_newest_version_and_lists_a_tenants_pools(pool_cache):
+    tenant, other = f"t-{uuid.uuid4().hex[:8]}", f"o-{uuid.uuid4().hex[:8]}"
+    assert await pool_cache.get(tenant, "grand") is None
+    assert await pool_cache.list(tenant) == []
+    assert await pool_cache.put(tenant, "grand", 3, json.dumps({"pool_id": "grand", "version": 3}), 30)
+    assert not await pool_cache.put(tenant, "grand", 2, json.dumps({"pool_id": "grand", "version": 2}), 30)
+    assert await pool_cache.put(tenant, "alpha", 1, json.dumps({"pool_id": "alpha", "version": 1}), 30)
+    assert await pool_cache.put(other, "zeta", 1, json.dumps({"pool_id": "zeta", "version": 1}), 30)
+    assert json.loads(await pool_cache.get(tenant, "grand"))["version"] == 3
+    assert [json.loads(v)["pool_id"] for v in await pool_cache.list(tenant)] == ["alpha", "grand"]
+    assert [json.loads(v)["pool_id"] for v in await pool_cache.list(other)] == ["zeta"]
 
 
 def legs(tenant: str, op: str, amount: int = 100, fee: int = 10) -> list[Posting]:
@@ -150,6 +176,57 @@ async def test_audit_records_with_equal_times_list_newest_stored_first(pg_adapte
     for audit_id in ("x", "y", "z"):
         await ledger.append([], {}, "c", audit=[record(tenant, audit_id, 1_700_000_000_000)])
     assert [r.audit_id for r in await ledger.audit(tenant, "p1", 10)] == ["z", "y", "x"]
+
+
+def pool_chain(tenant: str, pool_id: str, n: int) -> list[AuditRecord]:
+    entries: tuple = ()
+    for i in range(n):
+        entries = chain_append(entries, "seed" if i % 2 else "config_changed", {"pool_id": pool_id, "i": i})
+    return [chain_audit_record(tenant, pool_id, entry, 1_700_000_000_000 + entry.seq) for entry in entries]
+
+
+async def test_chain_records_read_a_pools_entries_back_in_seq_order(pg_adapters):
+    ledger, _ = pg_adapters
+    tenant = f"t{uuid.uuid4().hex}"
+    # Twelve entries, so seq 10 and 11 must sort as numbers, after 9; "grand2" and "gran"
+    # begin like "grand" and must not be read with it.
+    grand, mini = pool_chain(tenant, "grand", 12), pool_chain(tenant, "mini", 3)
+    grand2, gran = pool_chain(tenant, "grand2", 2), pool_chain(tenant, "gran", 1)
+    # Stored in several batches and out of order, among other kinds of record (one even
+    # naming the pool), as concurrent flushes and redeliveries would store them.
+    await ledger.append([], {}, "c", audit=grand[10:] + mini[1:] + grand2)
+    await ledger.append([], {}, "c", audit=[record(tenant, "a1", 1_700_000_000_000, pool_id="grand")]
+                        + grand[:10][::-1] + mini[:1] + grand[:2] + gran)
+    await ledger.append([], {}, "c", audit=pool_chain(f"other{tenant}", "grand", 2))
+
+    assert await ledger.chain_records(tenant, "grand") == grand
+    assert await ledger.chain_records(tenant, "mini") == mini
+    assert await ledger.chain_records(tenant, "grand2") == grand2
+    assert await ledger.chain_records(tenant, "nowhere") == []
+    assert await ledger.chain_records(f"other{tenant}", "mini") == []
+    assert [r.audit_id for r in await ledger.chain_records(f"other{tenant}", "grand")] == [
+        "jp:grand:chain:0", "jp:grand:chain:1"]
+    assert await ledger.chain_pools(tenant) == ["gran", "grand", "grand2", "mini"]
+    assert await ledger.chain_pools(f"other{tenant}") == ["grand"]
+    assert await ledger.chain_pools(f"none{tenant}") == []
+
+
+async def test_chain_records_are_read_by_audit_id_whatever_their_detail_says(pg_adapters):
+    ledger, _ = pg_adapters
+    tenant = f"t{uuid.uuid4().hex}"
+    chain = pool_chain(tenant, "p", 3)
+    text_seq = replace(chain[0], audit_id="jp:p:chain:text", detail={**chain[0].detail, "seq": "0"})
+    no_seq = replace(chain[0], audit_id="jp:p:chain:none", detail={k: v for k, v in chain[0].detail.items() if k != "seq"})
+    repeated = replace(chain[1], audit_id="jp:p:chain:again", detail={**chain[1].detail, "payload": {"forged": True}})
+    elsewhere = replace(chain[2], audit_id="jp:p:chain:moved", detail={**chain[2].detail, "pool_id": "q"})
+    renamed = replace(chain[2], audit_id="refusal-9")
+    # One batch each, so the storage order that breaks the tie of seq 1 is this order.
+    for r in (text_seq, chain[2], repeated, no_seq, chain[1], elsewhere, chain[0], renamed):
+        await ledger.append([], {}, "c", audit=[r])
+    assert [r.audit_id for r in await ledger.chain_records(tenant, "p")] == [
+        "jp:p:chain:0", "jp:p:chain:again", "jp:p:chain:1", "jp:p:chain:2", "jp:p:chain:moved",
+        "jp:p:chain:text", "jp:p:chain:none"]
+    assert await ledger.chain_pools(tenant) == ["p"]
 
 
 def player_leg(tenant: str, op: str, player: str, amount: int, leg: int = 0, at_ms: int = 1_700_000_000_123) -> Posting:

@@ -35,3 +35,9 @@ def test_every_wallet_result_code_has_an_http_status():
     from app.domain.wallet.core import WalletResult
 
     assert [code for code in WalletResult if code not in STATUS] == []
+
+
+def test_every_jackpot_result_code_has_an_http_status():
+    from app.domain.jackpot.core import JackpotResult
+
+    assert [code for code in JackpotResult if code not in STATUS] == []

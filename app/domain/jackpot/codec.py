@@ -21,13 +21,13 @@ def _config(c: PoolConfig) -> list:
     tiers = [[t.name, t.seed_minor, t.cap_minor, t.share_bps, t.odds_ppb, t.drop_min_minor, t.drop_max_minor]
              for t in c.tiers]
     return [c.pool_id, c.kind, list(c.brand_ids), c.region, c.currency, c.contribution_bps, tiers,
-            c.server_seed_hash, c.deadline_ms, c.period_ms, c.min_bet_minor, c.status]
+            c.server_seed_hash, c.deadline_ms, c.period_ms, c.min_bet_minor, c.status, c.name]
 
 
 def _config_from(row: list) -> PoolConfig:
-    pool_id, kind, brands, region, currency, bps, tiers, seed_hash, deadline, period, min_bet, status = row
+    pool_id, kind, brands, region, currency, bps, tiers, seed_hash, deadline, period, min_bet, status, name = row
     return PoolConfig(pool_id, kind, tuple(brands), region, currency, bps, tuple(TierConfig(*t) for t in tiers),
-                      seed_hash, deadline, period, min_bet, status)
+                      seed_hash, deadline, period, min_bet, status, name)
 
 
 def _tier(t: TierState) -> list:
@@ -56,6 +56,19 @@ def _operation_from(row: list) -> OperationRecord:
     return OperationRecord(request_hash, code, body, at_ms, tuple(Posting.from_wire(p) for p in postings),
                            tuple(PayoutRequest.from_wire(p) for p in payouts),
                            tuple(AuditRecord.from_wire(a) for a in audit))
+
+
+def encode_operation(version: int, record: OperationRecord) -> bytes:
+    """An operation's record, stored beside the pool record (see agents/jackpot.py) with
+    the pool version its decision produced."""
+    return msgpack.packb([FORMAT_VERSION, version, _operation(record)], use_bin_type=True)
+
+
+def decode_operation(raw: bytes) -> tuple[int, OperationRecord]:
+    fmt, version, row = msgpack.unpackb(raw, raw=False, strict_map_key=False)
+    if fmt != FORMAT_VERSION:
+        raise ValueError(f"unknown operation record format {fmt!r}")
+    return version, _operation_from(row)
 
 
 def encode_state(state: PoolState) -> bytes:

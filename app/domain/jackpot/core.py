@@ -118,6 +118,7 @@ class CreatePool:
     period_ms: int = 0
     odds_ppb: int = 0
     min_bet_minor: int = 1
+    name: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +148,7 @@ class Reconfigure:
     min_bet_minor: int | None = None
     status: str | None = None  # open | closed
     server_seed_hash: str | None = None  # a new seed commitment; ctx.server_seed must be the new seed
+    name: str | None = None
     reason: str = ""
 
 
@@ -157,13 +159,18 @@ class Contribute:
 
     contribution_id: str
     brand_id: str
-    region: str
+    region: str  # "" for the pool's own region: then the brand alone decides isolation
     round_id: str
     player_id: str
     bet_minor: int
     currency: str
     contribution_minor: int | None = None
     contribution_currency: str = ""  # of the explicit amount; "" means the bet's currency
+    # The game provider whose round settlement holds the stake, for contributions carried on
+    # game rounds: the contributed part then moves from PROVIDER_SETTLEMENT into the brand's
+    # JACKPOT_CONTRIBUTIONS clearing account in the same operation. "" for contributions
+    # reported over HTTP, whose stake Bankroll did not settle.
+    provider: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +195,7 @@ class Trigger:
     region: str
     tier: str = ""  # "" for the only tier of a single-tier pool
     reason: str = "manual"
+    # brand_id "" names a local pool's one brand; region "" the pool's region.
 
 
 @dataclass(frozen=True, slots=True)
@@ -405,6 +413,8 @@ def validate_config(config: PoolConfig) -> str:
         return "brand_ids must be one or more distinct ids"
     if not isinstance(config.region, str) or not _ID.match(config.region):
         return "region must be an id"
+    if not isinstance(config.name, str) or len(config.name) > 80 or not config.name.isprintable():
+        return "name must be at most 80 printable characters"
     if not is_currency(config.currency):
         return "currency must be an ISO 4217 code"
     if not _is_int(config.contribution_bps, 0, BPS):
@@ -462,7 +472,7 @@ def _config_from(cmd: CreatePool) -> PoolConfig | str:
                             cmd.drop_max_minor),)
     brands = tuple(cmd.brand_ids) if isinstance(cmd.brand_ids, (tuple, list)) else ()
     return PoolConfig(cmd.pool_id, cmd.kind, brands, cmd.region, cmd.currency, cmd.contribution_bps, tiers,
-                      cmd.server_seed_hash, cmd.deadline_ms, cmd.period_ms, cmd.min_bet_minor, OPEN)
+                      cmd.server_seed_hash, cmd.deadline_ms, cmd.period_ms, cmd.min_bet_minor, OPEN, cmd.name)
 
 
 def split_contribution(amount_minor: int, tiers: Iterable[TierConfig]) -> dict[str, int]:
@@ -481,6 +491,7 @@ def config_dict(config: PoolConfig) -> dict:
         "region": config.region, "currency": config.currency, "contribution_bps": config.contribution_bps,
         "server_seed_hash": config.server_seed_hash, "deadline_ms": config.deadline_ms,
         "period_ms": config.period_ms, "min_bet": config.min_bet_minor, "status": config.status,
+        "name": config.name,
         "tiers": [
             {"name": t.name, "seed": t.seed_minor, "cap": t.cap_minor, "share_bps": t.share_bps,
              "odds_ppb": t.odds_ppb, "drop_min": t.drop_min_minor, "drop_max": t.drop_max_minor}
@@ -764,7 +775,7 @@ def _reconfigure(state: PoolState, cmd: Reconfigure, ctx: Context) -> Decision:
             changes["cap_minor"] = None
         tiers[patch.name] = dataclasses.replace(tier, **changes)
     updates = {k: getattr(cmd, k) for k in ("region", "contribution_bps", "deadline_ms", "period_ms",
-                                             "min_bet_minor", "status", "server_seed_hash")
+                                             "min_bet_minor", "status", "server_seed_hash", "name")
                if getattr(cmd, k) is not None}
     if cmd.brand_ids is not None:
         updates["brand_ids"] = tuple(cmd.brand_ids)
@@ -803,6 +814,7 @@ def _reconfigure(state: PoolState, cmd: Reconfigure, ctx: Context) -> Decision:
 
 def _contribute(state: PoolState, cmd: Contribute, ctx: Context) -> Decision:
     config = state.config
+    cmd = dataclasses.replace(cmd, region=cmd.region or config.region)
     if config.status != OPEN:
         return _reject(JackpotResult.POOL_CLOSED, "the pool is closed")
     refused = _isolation(config, cmd.brand_id, cmd.region)
@@ -827,6 +839,10 @@ def _contribute(state: PoolState, cmd: Contribute, ctx: Context) -> Decision:
     reason = f"contribution {cmd.contribution_id} round {cmd.round_id} brand {cmd.brand_id} region {cmd.region}"
     to_pool: dict[str, int] = {}
     to_reserve = 0
+    if cmd.provider:
+        draft.leg(operation_id, system_account("PROVIDER_SETTLEMENT", config.currency, cmd.provider),
+                  contribution_account(cmd.brand_id, config.currency), amount, "jp_contribution_funding", reason,
+                  cmd.player_id)
     for name, part in split_contribution(amount, config.tiers).items():
         to_pool[name], reserved = draft.contribute(name, part, operation_id, reason, cmd.brand_id, cmd.player_id)
         to_reserve += reserved
@@ -851,7 +867,7 @@ def _contribute(state: PoolState, cmd: Contribute, ctx: Context) -> Decision:
             if win is not None:
                 wins.append(_win_body(win, config.pool_id))
     body = {"contribution_id": cmd.contribution_id, "pool_id": config.pool_id, "round_id": cmd.round_id,
-            "player_id": cmd.player_id, "brand_id": cmd.brand_id, "region": cmd.region,
+            "player_id": cmd.player_id, "brand_id": cmd.brand_id, "region": cmd.region, "provider": cmd.provider,
             "currency": config.currency, "amount": amount, "tiers": to_pool, "reserve": to_reserve,
             "sizes": {name: t.size_minor for name, t in draft.tiers.items()}, "wins": wins}
     return draft.decision(JackpotResult.OK, body)
@@ -859,6 +875,7 @@ def _contribute(state: PoolState, cmd: Contribute, ctx: Context) -> Decision:
 
 def _check_candidate(state: PoolState, cmd: CheckCandidate, ctx: Context) -> Decision:
     config = state.config
+    cmd = dataclasses.replace(cmd, region=cmd.region or config.region)
     reason = ""
     if config.status != OPEN:
         reason = JackpotResult.POOL_CLOSED
@@ -886,6 +903,9 @@ def _check_candidate(state: PoolState, cmd: CheckCandidate, ctx: Context) -> Dec
 
 def _trigger(state: PoolState, cmd: Trigger, ctx: Context) -> Decision:
     config = state.config
+    # A local pool's winner can only be of its one brand; a network pool must be told.
+    cmd = dataclasses.replace(cmd, region=cmd.region or config.region,
+                              brand_id=cmd.brand_id or (config.brand_ids[0] if not config.network else ""))
     if config.status != OPEN:
         return _reject(JackpotResult.POOL_CLOSED, "the pool is closed")
     if not cmd.trigger_id or cmd.trigger_id.startswith(ENGINE_TRIGGER_PREFIX) or not cmd.player_id:
@@ -1222,7 +1242,8 @@ def pool_view(state: PoolState) -> dict:
                                                       "amount": last.amount_minor, "at_ms": last.at_ms},
         })
     return {
-        "pool_id": config.pool_id, "kind": config.kind, "status": config.status, "currency": config.currency,
+        "pool_id": config.pool_id, "name": config.name, "kind": config.kind, "status": config.status,
+        "currency": config.currency,
         "brand_ids": list(config.brand_ids), "region": config.region, "network": config.network,
         "contribution_bps": config.contribution_bps, "min_bet": config.min_bet_minor,
         "size": sum(t.size_minor for t in state.tiers.values()), "tiers": tiers,

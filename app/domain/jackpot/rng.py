@@ -31,6 +31,13 @@ def seed_commitment(server_seed: bytes) -> str:
     return hashlib.sha256(server_seed).hexdigest()
 
 
+def derive_server_seed(secret: bytes, tenant_id: str, pool_id: str) -> bytes:
+    """A pool's server seed, derived from the operator's jackpot secret so that no store
+    of seeds is needed and every worker that takes the pool over uses the same one. Only
+    its commitment is ever published; knowing one pool's seed reveals nothing of another's."""
+    return hmac.new(secret, f"server_seed|{tenant_id}|{pool_id}".encode(), hashlib.sha256).digest()
+
+
 def draw_below(server_seed: bytes, message: str, n: int) -> int:
     """A uniform integer in [0, n) drawn from (server_seed, message).
 

@@ -52,6 +52,7 @@ class PoolConfig:
     period_ms: int = 0  # ... and the interval between deadlines
     min_bet_minor: int = 1  # smallest bet that takes part
     status: str = OPEN
+    name: str = ""  # display name for widgets and reports
 
     def tier(self, name: str) -> TierConfig | None:
         for tier in self.tiers:

@@ -225,6 +225,27 @@ class PlayRound:
     win_minor: int
     currency: str
     policy: str
+    # Jackpot contributions the round carries: (pool_id, explicit amount in minor units or
+    # None for the pool's basis points). The wallet only passes them on: once the round is
+    # settled, its agent sends each to the pool's agent (agents/wallet.py).
+    brand_id: str = ""
+    region: str = ""
+    jackpots: tuple[tuple[str, int | None], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CreditJackpot:
+    """A jackpot win paid into the winner's CASH from PAYOUTS:jackpot, where the pool's drop
+    posted it. Requested on `jp.payout.requested`; the operation key is the payout key
+    jp_p_{pool}_{trigger}, so a request sent again (any attempt) credits once."""
+
+    pool_id: str
+    trigger_id: str
+    tier: str
+    amount_minor: int
+    currency: str
+    round_id: str
+    brand_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,7 +256,7 @@ class Tick:
 Command = Union[
     CreatePlayer, SetLimits, SetPlayerStatus, RequestDeposit, ApplyPspResult, PlaceBet, SettleBet, CancelBet,
     CaptureHold, ReleaseHold, RequestWithdrawal, ApplyWithdrawalResult, GrantBonus, ConvertFx, Adjust, PlayRound,
-    Tick,
+    CreditJackpot, Tick,
 ]
 
 
@@ -964,6 +985,29 @@ def _play_round(state: WalletState, cmd: PlayRound, ctx: Context) -> Decision:
     return Decision(Outcome(WalletResult.OK, body), events + bonus_events + _money_events(state, postings), postings)
 
 
+# A jackpot credit refused with one of these may succeed later (the hold is lifted), so the
+# pool retries it; any other refusal stays failed until an operator acts.
+RETRYABLE_JACKPOT_REFUSALS = frozenset({WalletResult.AML_HOLD})
+
+
+def _credit_jackpot(state: WalletState, cmd: CreditJackpot, ctx: Context) -> Decision:
+    if cmd.currency != state.currency:
+        return _reject(WalletResult.CURRENCY_NOT_SUPPORTED, f"the player's wallets are in {state.currency}")
+    if state.aml_hold:
+        # Winnings are owed whatever else holds for the player (a self-exclusion that began
+        # after the round does not void a win), but nothing is paid while AML holds it.
+        return _refuse(state, ctx, WalletResult.AML_HOLD, "the player's account is on AML hold",
+                       pool_id=cmd.pool_id, trigger_id=cmd.trigger_id, amount_minor=cmd.amount_minor)
+    legs = _Legs(state, ctx, ctx.operation_key,
+                 f"jackpot {cmd.pool_id} tier {cmd.tier} trigger {cmd.trigger_id} round {cmd.round_id}")
+    legs.add(system_account("PAYOUTS", cmd.currency, "jackpot"), legs.player("CASH", cmd.currency),
+             cmd.amount_minor, cmd.currency, "jp_win")
+    postings = legs.postings()
+    body = {"payout_key": ctx.operation_key, "pool_id": cmd.pool_id, "trigger_id": cmd.trigger_id,
+            "tier": cmd.tier, "amount": cmd.amount_minor, "currency": cmd.currency, "state": "CREDITED"}
+    return Decision(Outcome(WalletResult.CREATED, body), _money_events(state, postings), postings)
+
+
 def _tick(state: WalletState, cmd: Tick, ctx: Context) -> Decision:
     """Release every open hold past its expiry and forfeit every bonus past its own."""
     legs = _Legs(state, ctx, f"expiry:{ctx.now_ms}", "expired")
@@ -997,7 +1041,8 @@ _HANDLERS: dict[type, Callable[[WalletState, object, Context], Decision]] = {
     RequestDeposit: _request_deposit, ApplyPspResult: _apply_psp_result, PlaceBet: _place_bet,
     SettleBet: _settle_bet, CancelBet: _cancel_bet, CaptureHold: _capture_hold, ReleaseHold: _release_hold,
     RequestWithdrawal: _request_withdrawal, ApplyWithdrawalResult: _apply_withdrawal_result,
-    GrantBonus: _grant_bonus, ConvertFx: _convert_fx, Adjust: _adjust, PlayRound: _play_round, Tick: _tick,
+    GrantBonus: _grant_bonus, ConvertFx: _convert_fx, Adjust: _adjust, PlayRound: _play_round,
+    CreditJackpot: _credit_jackpot, Tick: _tick,
 }
 
 
