@@ -12,10 +12,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-# The local run streams demo game rounds so the jackpot pools visibly grow and drop;
-# DEMO_ROUNDS_PER_S=0 make run turns them off.
+# The local run streams demo game rounds so the jackpot pools visibly grow and drop
+# (DEMO_ROUNDS_PER_S a second; 0 turns them off).
 run: $(STAMP)
-	DEMO_ROUNDS_PER_S=$${DEMO_ROUNDS_PER_S:-20} $(PY) -m app.run
+	$(PY) -m app.run --demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q

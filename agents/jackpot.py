@@ -5,17 +5,21 @@ contributions a second, and each contribution's record (result, postings, audit)
 hundred bytes, so a pool record holding the ids of the retention period would be
 rewritten in full, megabytes long, on every contribution. Instead each operation's record
 is stored under its own key, tenant|pool|op|{operation key}, in the same table, hence in
-the same changelog partition, written before the pool record it belongs to, with the pool
-version its decision produced. Faust sends both changelog writes through one producer to
-one partition, in order, so after a crash either both are stored, neither, or only the
-operation record. A stored operation record counts as applied only if the pool record has
-reached its version; otherwise the crash came between the two writes, the command
-(redelivered first on its partition) is decided again on the same pool record, and the
-decision, being a pure function of the two, is the same.
+the same changelog partition.
+
+The pool record is written first and carries the record of the operation its decision
+made (only that one); the operation's own key is written next. Faust sends both
+changelog writes through one producer to one partition, in order, so after a crash
+either both are stored, neither, or only the pool record. Whenever a pool record is
+loaded, the operation record it carries is written to its own key if that key is
+missing. So a stored operation record always means its operation was applied, and a
+redelivered command finds it whatever other messages (payout answers, ticks) the agent
+handled for the pool in between.
 
 Everything that leaves the agent (postings and audit chain records, payout requests,
 `jp.contribution.recorded`, the pool snapshot and the reply) is emitted after the records
-are written, and emitted again when a replayed command finds its operation recorded."""
+are written, and emitted again when a replayed command finds its operation recorded; a
+replay asks the wallet again only for wins that are still waiting for it."""
 from __future__ import annotations
 
 import dataclasses
@@ -26,17 +30,17 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable, Iterable, MutableMapping
 
 from agents.wallet import POOL_SNAPSHOT, ExpiryScheduler, OutputBuffer
-from app.domain.jackpot.codec import decode_operation, decode_state, encode_operation, encode_state
+from app.domain.jackpot.codec import decode_operation, decode_state, encode_operation, encode_state, operation_at_ms
 from app.domain.jackpot.core import (
     Command, Context, Contribute, CreatePool, Decision, JackpotResult, PayoutCredited, PayoutFailed, Rules, decide,
     evolve, next_timer_ms, operation_key, pool_view,
 )
 from app.domain.jackpot.rng import derive_server_seed, seed_commitment
-from app.domain.jackpot.state import CREDITED, PoolState
+from app.domain.jackpot.state import CREDITED, PAYOUT_REQUESTED, PoolState
 from app.messages import (
     PRUNE_POOL_OPERATIONS, READ_POOL, TOPIC_REPLY_PREFIX, CommandEnvelope, encode_ledger_batch, encode_reply, json_bytes, wallet_key,
 )
-from app.metrics import AGENT_SECONDS, JP_PAYOUT_SECONDS, JP_POOL_SIZE, POISON_MESSAGES
+from app.metrics import AGENT_SECONDS, JP_CONTRIBUTIONS_REFUSED, JP_PAYOUT_SECONDS, JP_POOL_SIZE, POISON_MESSAGES
 from config import Settings
 
 log = logging.getLogger("bankroll.jackpot")
@@ -49,6 +53,7 @@ def rules_from_settings(settings: Settings) -> Rules:
         payout_resend_ms=settings.jackpot_payout_resend_s * 1000,
         payout_retry_ms=settings.jackpot_payout_retry_s * 1000,
         max_payout_attempts=settings.jackpot_max_payout_attempts,
+        closed_win_retention_ms=settings.jackpot_closed_win_retention_s * 1000,
     )
 
 
@@ -92,37 +97,45 @@ def load_pool(table: MutableMapping[bytes, bytes], key: bytes) -> PoolState:
     return PoolState.empty(tenant_id, pool_id)
 
 
-def _poison(key: bytes, exc: Exception) -> None:
+def poison(key: bytes, exc: Exception) -> None:
     # Stopping here would stall every pool on the partition behind one bad message.
     POISON_MESSAGES.inc()
     log.error("skipping undecodable jackpot message (key %r): %r", key, exc)
 
 
+def load_for_decision(deps: JackpotAgentDeps, key: bytes) -> PoolState:
+    """The pool record without operation records, after making sure the one it carries
+    (the last decision's) is stored under its own key: a crash may have come between the
+    two writes."""
+    state = load_pool(deps.table, key)
+    for operation, record in state.operations.items():
+        op_key = operation_store_key(key, operation)
+        if op_key not in deps.table:
+            deps.table[op_key] = encode_operation(state.version, record)
+    return dataclasses.replace(state, operations={})
+
+
 def _with_recorded(deps: JackpotAgentDeps, key: bytes, state: PoolState, operation: str) -> PoolState:
-    """The pool record as decide expects it: with the operation's record when (and only
-    when) the pool record shows it applied."""
-    if not operation:
-        return state
-    raw = deps.table.get(operation_store_key(key, operation))
+    """The pool record as decide expects it: with the operation's record if it has one."""
+    raw = deps.table.get(operation_store_key(key, operation)) if operation else None
     if raw is None:
         return state
-    version, record = decode_operation(raw)
-    if version > state.version:
-        return state  # written, but the pool record after it was not: not applied
+    _, record = decode_operation(raw)
     return dataclasses.replace(state, operations={operation: record})
 
 
 async def decide_and_store(deps: JackpotAgentDeps, key: bytes, state: PoolState, command: Command,
                            ctx: Context) -> tuple[PoolState, Decision]:
+    """Decide on a pool record loaded by load_for_decision; store what changed."""
     operation = operation_key(command, ctx)
     decision = decide(_with_recorded(deps, key, state, operation), command, ctx)
     if decision.events:
-        new_state = evolve(dataclasses.replace(state, operations={}), decision.events)
+        new_state = evolve(state, decision.events)
         recorded = new_state.operations.get(operation) if operation else None
+        deps.table[key] = encode_state(new_state)
         if recorded is not None:
             deps.table[operation_store_key(key, operation)] = encode_operation(new_state.version, recorded)
         state = dataclasses.replace(new_state, operations={})
-        deps.table[key] = encode_state(state)
         deps.scheduler.schedule(key, next_timer_ms(state, deps.rules))
     return state, decision
 
@@ -132,6 +145,11 @@ async def emit(deps: JackpotAgentDeps, key: bytes, state: PoolState, command: Co
     if decision.postings or decision.audit:
         await deps.send_ledger(key, encode_ledger_batch(decision.postings, decision.audit))
     for payout in decision.payouts:
+        win = state.wins.get(payout.trigger_id)
+        if decision.replayed and (win is None or win.state != PAYOUT_REQUESTED or win.attempt != payout.attempt):
+            # Credited, failed or retried since: asking again now could pay a win twice
+            # once the wallet has forgotten its key, or pay one an operator must look at.
+            continue
         await deps.send(deps.payout_requested_topic, wallet_key(payout.tenant_id, payout.player_id),
                         json_bytes(payout.to_message()))
     if isinstance(command, Contribute) and decision.outcome.ok:
@@ -164,7 +182,7 @@ async def apply_jackpot_envelope(deps: JackpotAgentDeps, key: bytes, envelope: C
         await prune_operations(deps, (k.encode() for k in envelope.payload.get("keys", ())
                                       if k.encode().startswith(key + OPERATION_MARK)))
         return
-    state = load_pool(deps.table, key)
+    state = load_for_decision(deps, key)
     if envelope.kind == READ_POOL:
         if state.exists:
             code, body = str(JackpotResult.OK), pool_view(state)
@@ -175,7 +193,7 @@ async def apply_jackpot_envelope(deps: JackpotAgentDeps, key: bytes, envelope: C
         try:
             command = envelope.command()
         except Exception as exc:
-            _poison(key, exc)
+            poison(key, exc)
             return
         ctx = context(deps, state, envelope)
         if isinstance(command, CreatePool):
@@ -184,6 +202,11 @@ async def apply_jackpot_envelope(deps: JackpotAgentDeps, key: bytes, envelope: C
         state, decision = await decide_and_store(deps, key, state, command, ctx)
         await emit(deps, key, state, command, decision, ctx)
         code, body = str(decision.outcome.code), decision.outcome.body
+        if isinstance(command, Contribute) and not decision.outcome.ok:
+            JP_CONTRIBUTIONS_REFUSED.labels(code).inc()
+            if not envelope.reply_to:
+                # Carried on a game round: nobody waits for the answer, so it is told here.
+                log.info("pool %r refused contribution %s: %s", key, command.contribution_id, code)
     if envelope.reply_to.startswith(TOPIC_REPLY_PREFIX):
         result = {"request_id": envelope.request_id, "code": code, "body": body}
         await deps.send(envelope.reply_to[len(TOPIC_REPLY_PREFIX):], key, json_bytes(result))
@@ -206,15 +229,15 @@ async def apply_payout_answer(deps: JackpotAgentDeps, key: bytes, raw: bytes, cr
     try:
         message = json.loads(raw)
         command = saga_command(credited, message)
+        answered_at_ms = int(message["answered_at_ms"])
     except Exception as exc:
-        _poison(key, exc)
+        poison(key, exc)
         return
-    state = load_pool(deps.table, key)
+    state = load_for_decision(deps, key)
     if not state.exists:
-        log.error("payout answer for an unknown pool %r: %s", key, message)
+        log.error("payout answer for an unknown pool %r (trigger %s)", key, command.trigger_id)
         return
-    ctx = Context(tenant_id=state.tenant_id, now_ms=int(message["answered_at_ms"]), retention_ms=deps.retention_ms,
-                  rules=deps.rules)
+    ctx = Context(tenant_id=state.tenant_id, now_ms=answered_at_ms, retention_ms=deps.retention_ms, rules=deps.rules)
     before = state.wins.get(command.trigger_id)
     state, decision = await decide_and_store(deps, key, state, command, ctx)
     after = state.wins.get(command.trigger_id)
@@ -223,7 +246,8 @@ async def apply_payout_answer(deps: JackpotAgentDeps, key: bytes, raw: bytes, cr
     if decision.events:
         publish_snapshot(deps, state)
     elif not decision.outcome.ok:
-        log.warning("payout answer not applied (%s): %s", decision.outcome.code, message)
+        # A stale or duplicate answer (e.g. for a win credited and pruned since): harmless.
+        log.info("payout answer for %r trigger %s not applied: %s", key, command.trigger_id, decision.outcome.code)
     AGENT_SECONDS.labels("jp_payout_credited" if credited else "jp_payout_failed").observe(
         time.perf_counter() - started)
 
@@ -242,7 +266,6 @@ def expired_operations(records: Iterable[tuple[bytes, bytes]], cutoff_ms: int) -
     out: dict[bytes, list[bytes]] = {}
     for key, raw in records:
         if raw and not is_pool_key(key):
-            _, record = decode_operation(raw)
-            if record.at_ms < cutoff_ms:
+            if operation_at_ms(raw) < cutoff_ms:
                 out.setdefault(key.split(OPERATION_MARK, 1)[0], []).append(key)
     return out

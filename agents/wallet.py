@@ -24,7 +24,7 @@ from app.domain.wallet.core import (
 )
 from app.messages import (
     READ_KINDS, READ_LIMITS, READ_WALLET, TOPIC_REPLY_PREFIX, CommandEnvelope, encode_ledger_batch, encode_reply,
-    json_bytes, pool_key, request_hash,
+    json_bytes, pool_key, request_hash, wallet_key,
 )
 from app.metrics import AGENT_SECONDS, POISON_MESSAGES
 from config import Settings
@@ -269,6 +269,9 @@ async def apply_payout_request(deps: WalletAgentDeps, key: bytes, raw: bytes) ->
     try:
         message = json.loads(raw)
         envelope = payout_envelope(message)
+        if key != wallet_key(message["tenant_id"], message["player_id"]):
+            # The record credited is the key's: a win must reach its own winner's record.
+            raise ValueError("the message's key is not its winner's")
     except Exception as exc:
         _poison(key, exc)
         return
@@ -288,5 +291,5 @@ async def apply_payout_request(deps: WalletAgentDeps, key: bytes, raw: bytes) ->
         answer.update(reason=code, retryable=code in RETRYABLE_JACKPOT_REFUSALS,
                       message=body.get("error", {}).get("message", ""))
         if code == WalletResult.IDEMPOTENCY_CONFLICT:
-            log.error("payout %s requested with another amount or player: %s", message["idempotency_key"], message)
+            log.error("payout %s requested again with another amount or winner", message["idempotency_key"])
     await deps.send_topic_reply(topic, pool_key(message["tenant_id"], message["pool_id"]), json_bytes(answer))

@@ -155,6 +155,14 @@ def build_worker(
     def owned(event) -> bool:  # type: ignore[no-untyped-def]
         return owns_key(event.key, event.message.partition, settings.topic_partitions)
 
+    def keyed(event) -> bool:  # type: ignore[no-untyped-def]
+        """Every Bankroll key is tenant|id; anything else no Bankroll process wrote."""
+        if isinstance(event.key, bytes) and b"|" in event.key:
+            return True
+        POISON_MESSAGES.inc()
+        log.error("skipping a message without a tenant|id key on %s", event.message.topic)
+        return False
+
     @app.agent(streams.wallet_inputs, name="wallet")
     async def wallet_agent(stream):  # type: ignore[no-untyped-def]
         deps = WalletAgentDeps(
@@ -173,6 +181,8 @@ def build_worker(
             topic = event.message.topic
             if topic == rounds_topic:
                 await on_round(deps, event)
+            elif not keyed(event):
+                continue
             elif topic == jp_names[JP_PAYOUT_REQUESTED]:
                 if owned(event):
                     await apply_payout_request(deps, event.key, event.value)
@@ -184,10 +194,6 @@ def build_worker(
     async def resend(event) -> None:  # type: ignore[no-untyped-def]
         # Partitioned otherwise by its producer: sent again with the default partitioner, so
         # the actor that owns the key applies it in order with everything else about it.
-        if not event.key:
-            POISON_MESSAGES.inc()
-            log.error("dropping an unkeyed message on %s", event.message.topic)
-            return
         await send_to_topic(event.message.topic, event.key, event.value)
 
     jackpot_deps = jackpot_agent.JackpotAgentDeps(
@@ -206,6 +212,8 @@ def build_worker(
     @app.agent(streams.jackpot_inputs, name="jackpot")
     async def jackpot(stream):  # type: ignore[no-untyped-def]
         async for event in stream.events():
+            if not keyed(event):
+                continue
             if not owned(event):
                 await resend(event)
                 continue
@@ -214,7 +222,7 @@ def build_worker(
                 try:
                     envelope = CommandEnvelope.decode(event.value)
                 except Exception as exc:
-                    jackpot_agent._poison(event.key, exc)
+                    jackpot_agent.poison(event.key, exc)
                     continue
                 await jackpot_agent.apply_jackpot_envelope(jackpot_deps, event.key, envelope)
             else:

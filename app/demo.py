@@ -3,8 +3,7 @@
 Creates a few demo players and one pool of each kind, then streams game rounds with
 jackpot contributions on `game.rounds` at DEMO_ROUNDS_PER_S, so the pools grow and drop
 where anyone can watch them: the widget page at /jp/widget?tenant=<tenant> and the log
-lines this process prints. Exits at once when DEMO_ROUNDS_PER_S is 0, so a Procfile
-runner in production starts nothing."""
+lines this process prints. Started by `make run` (`python -m app.run --demo`) only."""
 from __future__ import annotations
 
 import asyncio

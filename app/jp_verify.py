@@ -42,6 +42,7 @@ from app.domain.errors import InvariantViolation
 from app.domain.jackpot import chain
 from app.domain.jackpot.chain import GENESIS, ChainEntry, ChainHead, entry_hash, head_after
 from app.domain.jackpot.core import chain_audit_record, chain_entry_from_audit
+from app.domain.jackpot.rng import verify_reveal
 from config import Settings, load_settings
 from config.settings import SettingsError
 from storage.ports import LedgerStore, PoolCache
@@ -142,6 +143,34 @@ def _chain_reason(entries: Sequence[ChainEntry], index: int, head: ChainHead | N
     return "its hash is not the published head's: the chain was rewritten"
 
 
+def _reveal_problem(entries: Sequence[ChainEntry]) -> tuple[int, str] | None:
+    """A chain whose links hold can still record an unfair drop: every revealed drop point
+    must be the one committed to before, inside the committed range, and a must-drop win
+    must pay exactly the point."""
+    commitments: dict[tuple[str, int], dict] = {}
+    drops: dict[str, dict] = {}
+    for index, entry in enumerate(entries):
+        payload = entry.payload
+        if entry.kind == "drop_commitment":
+            commitments[(payload.get("tier"), payload.get("cycle"))] = payload
+        elif entry.kind == "drop":
+            drops[payload.get("trigger_id")] = payload
+        elif entry.kind == "drop_reveal":
+            committed = commitments.get((payload.get("tier"), payload.get("cycle")))
+            point, nonce = payload.get("point_minor"), payload.get("nonce")
+            if committed is None:
+                return index, "a drop point is revealed that was never committed to"
+            if not (isinstance(point, int) and isinstance(nonce, str)
+                    and verify_reveal(committed["commitment"], point, nonce)):
+                return index, "the revealed drop point does not match its commitment"
+            if not committed["drop_min_minor"] <= point <= committed["drop_max_minor"]:
+                return index, "the revealed drop point is outside its committed range"
+            drop = drops.get(payload.get("trigger_id"))
+            if drop is None or (drop.get("reason") == "must_drop" and drop.get("amount_minor") != point):
+                return index, "the must-drop win does not pay the revealed point"
+    return None
+
+
 def verify_pool(pool_id: str, records: Sequence[AuditRecord], head: ChainHead | None,
                 head_source: str = "") -> PoolVerdict:
     """Verify one pool's chain records, in seq order as LedgerStore.chain_records returns
@@ -164,6 +193,9 @@ def verify_pool(pool_id: str, records: Sequence[AuditRecord], head: ChainHead | 
     chain_bad = chain.verify(entries, checked_head)
     base = PoolVerdict(pool_id, len(records), None, head=head, head_source=head_source if head is not None else "")
     if chain_bad is None and record_bad is None:
+        unfair = _reveal_problem(entries)
+        if unfair is not None:
+            return dataclasses.replace(base, bad_seq=unfair[0], reason=unfair[1])
         return dataclasses.replace(base, chain_head=head_after(entries))
     # The chain's own reason wins a tie: the record of an entry that is out of place is
     # usually out of place too, and the chain says why.

@@ -24,3 +24,5 @@ JP_PAYOUT_SECONDS = Histogram(
     "bankroll_jackpot_payout_seconds", "From a jackpot win to the wallet's credit of the winner",
     buckets=_LATENCY_BUCKETS,
 )
+JP_CONTRIBUTIONS_REFUSED = Counter("bankroll_jackpot_contributions_refused_total",
+                                   "Contributions a pool refused, by result code", ["code"])

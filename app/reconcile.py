@@ -10,17 +10,26 @@ and the Redis snapshot (what reads are served from). This compares them per acco
 - the Redis snapshot's "available" for that type and currency against the record. An
   expired snapshot is "not cached", not drift.
 
+Jackpot pools are held three times too: the ledger, the pool record in the changelogged
+`pools` table and the Redis pool snapshot. Each tier's size is the balance of its
+liability account and its reserve that of its reserve account (core.liability_account,
+core.reserve_account); the record's size and reserve are compared with the ledger, and
+the snapshot's with the record's. A pool record must also conserve money on its own
+(core.conservation); one that does not is reported, off by the amount it cannot account
+for.
+
 It prints every account with drift and a summary with the total absolute drift in minor
 units and in ppm of the ledger's volume (the sum of all leg amounts), and exits 0 when
 there is no drift, 1 when there is, 2 when it could not reconcile (a service down).
 
-The ledger trails the table by the flush delay, so the ledger is read only once the
+The ledger trails the tables by the flush delay, so the ledger is read only once the
 ledger flush has caught up with the end of `ledger.postings`. Under live traffic a player
-active during the run can still look out of step for a moment, so an account found
-drifting is checked once more after a pause and reported only when it drifts both times.
+or pool active during the run can still look out of step for a moment, so an account
+found drifting is checked once more after a pause and reported only when it drifts both
+times.
 
-The comparison (`compare`, `confirm`, `render`) is pure: plain data in, report out. The
-functions below it do the reading."""
+The comparison (`compare`, `compare_pools`, `confirm`, `render`) is pure: plain data in,
+report out. The functions below it do the reading."""
 from __future__ import annotations
 
 import argparse
@@ -29,29 +38,43 @@ import json
 import sys
 import time
 import traceback
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
-from typing import Iterable, Mapping, TextIO
+from typing import AsyncIterator, Callable, Hashable, Iterable, Mapping, TextIO, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from app.domain.jackpot.codec import decode_state as decode_pool_state
+from app.domain.jackpot.core import Conservation, conservation, liability_account, reserve_account
+from app.domain.jackpot.state import MAIN_TIER, PoolState
 from app.domain.ledger import player_account
 from app.domain.wallet.codec import decode_state
-from app.streaming import LEDGER_POSTINGS, WALLET_TABLE, topic_name
+from app.streaming import LEDGER_POSTINGS, POOL_TABLE, WALLET_TABLE, topic_name
 from config import Settings, load_settings
 from storage.ports import LedgerStore
 from storage.postgres.stores import PostgresLedgerStore, create_pool
-from storage.redis.stores import connect as connect_redis, wallet_cache_key
+from storage.redis.stores import RedisPoolCache, connect as connect_redis, wallet_cache_key
 
 # The consumer name the ledger flush (agents/ledger_flush.py) records its stream positions
 # under. Spelled out here because app/ does not import the agents built on top of it; a
 # test keeps the two equal.
 LEDGER_FLUSH_CONSUMER = "ledger-flush"
 
+# What marks an operation record's key (tenant|pool|op|{operation}) in the pools table, as
+# agents/jackpot.py writes it beside the pool record; spelled out for the same reason.
+POOL_OPERATION_MARK = b"|op|"
+
 EXIT_OK, EXIT_DRIFT, EXIT_ERROR = 0, 1, 2
 
 NOT_CACHED = "not cached"
 NOT_IN_SNAPSHOT = "not in snapshot"
 CACHED = "cached"
+# A pool's ledger account that no tier of the pool's record names: the record's own rows
+# already compare the snapshot, so this one is compared with the ledger only.
+NOT_A_RECORD_ACCOUNT = "not a record account"
+
+# The two amounts a pool tier holds, each in its own ledger account.
+SIZE, RESERVE = "size", "reserve"
 
 
 # ---------------------------------------------------------------- the pure comparison
@@ -72,22 +95,13 @@ class Snapshot:
     version: int
 
 
-@dataclass(frozen=True)
-class AccountRow:
-    tenant_id: str
-    player_id: str
-    wallet_type: str
-    currency: str
+class _Drift:
+    """Drift of one amount held three times: ledger, table record and cache."""
+
     ledger: int
     table: int
-    table_version: int | None  # None: no table record for the player
-    cache: int | None  # None: see cache_state
-    cache_state: str  # CACHED | NOT_CACHED | NOT_IN_SNAPSHOT
-    cache_version: int | None = None
-
-    @property
-    def account(self) -> str:
-        return player_account(self.player_id, self.wallet_type, self.currency)
+    cache: int | None
+    cache_state: str
 
     @property
     def table_drift(self) -> int:
@@ -105,6 +119,100 @@ class AccountRow:
 
 
 @dataclass(frozen=True)
+class AccountRow(_Drift):
+    tenant_id: str
+    player_id: str
+    wallet_type: str
+    currency: str
+    ledger: int
+    table: int
+    table_version: int | None  # None: no table record for the player
+    cache: int | None  # None: see cache_state
+    cache_state: str  # CACHED | NOT_CACHED | NOT_IN_SNAPSHOT
+    cache_version: int | None = None
+
+    @property
+    def account(self) -> str:
+        return player_account(self.player_id, self.wallet_type, self.currency)
+
+
+@dataclass(frozen=True)
+class PoolAmount:
+    """One amount a pool record holds in one ledger account."""
+
+    tier: str
+    part: str  # SIZE | RESERVE
+    amount: int
+
+
+@dataclass(frozen=True)
+class PoolRecord:
+    """What reconciliation needs of one pool record: ledger account -> the amount the
+    record holds there, its version, and its conservation figures."""
+
+    amounts: Mapping[str, PoolAmount]
+    version: int
+    conservation: Conservation
+
+
+@dataclass(frozen=True)
+class PoolSnapshot:
+    """A Redis pool snapshot: (tier, SIZE | RESERVE) -> amount, and the record version it shows."""
+
+    amounts: Mapping[tuple[str, str], int]
+    version: int
+
+
+@dataclass(frozen=True)
+class PoolRow(_Drift):
+    tenant_id: str
+    pool_id: str
+    tier: str
+    part: str  # SIZE | RESERVE
+    account: str  # the ledger account holding it
+    ledger: int
+    table: int
+    table_version: int | None  # None: no table record for the pool
+    cache: int | None  # None: see cache_state
+    cache_state: str  # CACHED | NOT_CACHED | NOT_A_RECORD_ACCOUNT
+    cache_version: int | None = None
+
+
+@dataclass(frozen=True)
+class UnbalancedPool:
+    """A pool record that does not conserve money: contributions + seeds != sizes and
+    reserves + payouts."""
+
+    tenant_id: str
+    pool_id: str
+    version: int
+    figures: Conservation
+
+    @property
+    def imbalance(self) -> int:
+        """What came in minus what the record holds or paid out."""
+        f = self.figures
+        return f.contributions_minor + f.seeds_minor - f.pools_minor - f.payouts_minor
+
+    @property
+    def drift(self) -> int:
+        return abs(self.imbalance)
+
+
+@dataclass(frozen=True)
+class PoolReport:
+    compared: int = 0  # pool accounts compared (a size and a reserve per tier)
+    drifting: tuple[PoolRow, ...] = ()
+    unbalanced: tuple[UnbalancedPool, ...] = ()
+    pools: int = 0
+    pools_not_cached: int = 0
+
+    @property
+    def total_drift(self) -> int:
+        return sum(row.drift for row in self.drifting) + sum(pool.drift for pool in self.unbalanced)
+
+
+@dataclass(frozen=True)
 class Report:
     compared: int  # player accounts compared
     drifting: tuple[AccountRow, ...]
@@ -112,10 +220,11 @@ class Report:
     players: int = 0
     players_not_cached: int = 0
     notes: tuple[str, ...] = field(default=())
+    jackpot: PoolReport = PoolReport()
 
     @property
     def total_drift(self) -> int:
-        return sum(row.drift for row in self.drifting)
+        return sum(row.drift for row in self.drifting) + self.jackpot.total_drift
 
     @property
     def drift_milli_ppm(self) -> int | None:
@@ -199,18 +308,129 @@ def compare(
                   players_not_cached=not_cached)
 
 
+def parse_pool_account(account: str) -> tuple[str, str | None, str] | None:
+    """(pool_id, tier, SIZE | RESERVE) of a jackpot liability account
+    `system:JACKPOT_LIABILITY:{pool_id}[:{tier}][:reserve]:{CUR}`, None for any other
+    account; the tier is None when the account names none (every kind but multi_tier).
+    Pool ids and tier names hold no colon, and no tier is called "reserve"."""
+    parts = account.split(":")
+    if len(parts) < 4 or parts[:2] != ["system", "JACKPOT_LIABILITY"]:
+        return None
+    middle = parts[2:-1]
+    part = SIZE
+    if len(middle) > 1 and middle[-1] == RESERVE:
+        middle, part = middle[:-1], RESERVE
+    if len(middle) == 1 and middle[0]:
+        return middle[0], None, part
+    if len(middle) == 2 and all(middle):
+        return middle[0], middle[1], part
+    return None
+
+
+def pool_record(state: PoolState) -> PoolRecord | None:
+    """The reconciliation's view of a pool record; None for a record without a
+    configuration, which holds no money."""
+    config = state.config
+    if config is None:
+        return None
+    amounts: dict[str, PoolAmount] = {}
+    for name, tier in state.tiers.items():
+        amounts[liability_account(config, name)] = PoolAmount(name, SIZE, tier.size_minor)
+        amounts[reserve_account(config, name)] = PoolAmount(name, RESERVE, tier.reserve_minor)
+    return PoolRecord(amounts=amounts, version=state.version, conservation=conservation(state))
+
+
+def compare_pools(
+    ledger: Mapping[tuple[str, str], int],
+    records: Mapping[tuple[str, str], PoolRecord],
+    snapshots: Mapping[tuple[str, str], PoolSnapshot | None],
+) -> PoolReport:
+    """Compare every jackpot pool account the ledger or a pool record knows, and check
+    that every pool record conserves money.
+
+    ledger: (tenant_id, account) -> ledger balance (accounts of no pool are ignored);
+    records: (tenant_id, pool_id) -> the pool's table record;
+    snapshots: (tenant_id, pool_id) -> the Redis snapshot, absent or None when expired."""
+    in_ledger: dict[tuple[str, str], dict[str, int]] = {}
+    named: dict[str, tuple[str, str]] = {}  # ledger account -> (tier, part) as its name says
+    for (tenant_id, account), balance in ledger.items():
+        parsed = parse_pool_account(account)
+        if parsed is not None:
+            pool_id, tier, part = parsed
+            in_ledger.setdefault((tenant_id, pool_id), {})[account] = balance
+            named[account] = (tier or MAIN_TIER, part)
+    pools = sorted(set(in_ledger) | set(records))
+
+    compared = 0
+    not_cached = 0
+    drifting: list[PoolRow] = []
+    unbalanced: list[UnbalancedPool] = []
+    for tenant_id, pool_id in pools:
+        balances = in_ledger.get((tenant_id, pool_id), {})
+        record = records.get((tenant_id, pool_id))
+        held = record.amounts if record is not None else {}
+        snapshot = snapshots.get((tenant_id, pool_id))
+        if snapshot is None:
+            not_cached += 1
+        if record is not None and not record.conservation.balanced:
+            unbalanced.append(UnbalancedPool(tenant_id, pool_id, record.version, record.conservation))
+        for account in sorted(set(balances) | set(held)):
+            if account in held:
+                tier, part, table = held[account].tier, held[account].part, held[account].amount
+            else:
+                (tier, part), table = named[account], 0
+            if record is not None and account not in held:
+                cache, cache_state = None, NOT_A_RECORD_ACCOUNT
+            elif snapshot is None:
+                cache, cache_state = None, NOT_CACHED
+            else:
+                # A snapshot shows every tier of its pool: a tier missing from one counts as
+                # 0, as a key missing from a wallet record does.
+                cache, cache_state = snapshot.amounts.get((tier, part), 0), CACHED
+            row = PoolRow(
+                tenant_id=tenant_id, pool_id=pool_id, tier=tier, part=part, account=account,
+                ledger=balances.get(account, 0), table=table,
+                table_version=record.version if record is not None else None,
+                cache=cache, cache_state=cache_state, cache_version=snapshot.version if snapshot else None,
+            )
+            compared += 1
+            if row.drift:
+                drifting.append(row)
+    return PoolReport(compared=compared, drifting=tuple(drifting), unbalanced=tuple(unbalanced), pools=len(pools),
+                      pools_not_cached=not_cached)
+
+
+_Item = TypeVar("_Item")
+
+
+def _confirmed(first: Iterable[_Item], second: Iterable[_Item],
+               key: Callable[[_Item], Hashable]) -> tuple[tuple[_Item, ...], int]:
+    """The items of `second` whose key is among `first`'s, and how many keys were in one only."""
+    seen = {key(item) for item in first}
+    second = tuple(second)
+    kept = tuple(item for item in second if key(item) in seen)
+    return kept, len(second) - len(kept) + len(seen - {key(item) for item in second})
+
+
 def confirm(first: Report, second: Report) -> Report:
     """The second pass, keeping only the accounts that drifted in the first pass too: an
-    account that was merely in flight during one pass does not drift in both."""
-    seen = {(row.tenant_id, row.account) for row in first.drifting}
-    kept = tuple(row for row in second.drifting if (row.tenant_id, row.account) in seen)
-    dropped = len(second.drifting) - len(kept) + len(
-        seen - {(row.tenant_id, row.account) for row in second.drifting}
-    )
+    account that was merely in flight during one pass does not drift in both. The same
+    holds for pool accounts and for pool records that do not conserve money."""
+    kept, dropped = _confirmed(first.drifting, second.drifting, lambda row: (row.tenant_id, row.account))
+    pool_rows, pool_rows_dropped = _confirmed(first.jackpot.drifting, second.jackpot.drifting,
+                                              lambda row: (row.tenant_id, row.account))
+    unbalanced, unbalanced_dropped = _confirmed(first.jackpot.unbalanced, second.jackpot.unbalanced,
+                                                lambda pool: (pool.tenant_id, pool.pool_id))
     notes = second.notes
     if dropped:
         notes += (f"{dropped} account(s) drifted in one pass only (in flight during the run), not reported",)
-    return replace(second, drifting=kept, notes=notes)
+    if pool_rows_dropped:
+        notes += (f"{pool_rows_dropped} pool account(s) drifted in one pass only (in flight during the run), "
+                  "not reported",)
+    if unbalanced_dropped:
+        notes += (f"{unbalanced_dropped} pool record(s) did not conserve money in one pass only, not reported",)
+    jackpot = replace(second.jackpot, drifting=pool_rows, unbalanced=unbalanced)
+    return replace(second, drifting=kept, notes=notes, jackpot=jackpot)
 
 
 def format_ppm(milli_ppm: int | None) -> str:
@@ -223,31 +443,58 @@ def _cell(value: int | None) -> str:
     return "-" if value is None else str(value)
 
 
+def _amounts(row: _Drift) -> tuple[str, str, str, str, str]:
+    """The ledger, table, table-ledger, cache and cache-table cells of a row."""
+    return (str(row.ledger), str(row.table), f"{row.table_drift:+d}",
+            row.cache_state if row.cache is None else str(row.cache),
+            "-" if row.cache is None else f"{row.cache_drift:+d}")
+
+
+def _table(header: tuple[str, ...], body: list[tuple[str, ...]], numeric: set[int]) -> list[str]:
+    widths = [max(len(r[i]) for r in (header, *body)) for i in range(len(header))]
+    return ["  ".join(
+        cell.rjust(widths[i]) if i in numeric else cell.ljust(widths[i]) for i, cell in enumerate(r)
+    ).rstrip() for r in (header, *body)]
+
+
 def render(report: Report) -> str:
-    """A readable table of every drifting account, the notes, and one summary line."""
+    """A readable table of every drifting player account and pool account, the pool
+    records that do not conserve money, the notes, and one summary line."""
     lines: list[str] = []
     if report.drifting:
         header = ("tenant", "account", "ledger", "table", "table-ledger", "cache", "cache-table", "versions")
         body = [
-            (
-                row.tenant_id, row.account, str(row.ledger), str(row.table), f"{row.table_drift:+d}",
-                row.cache_state if row.cache is None else str(row.cache),
-                "-" if row.cache is None else f"{row.cache_drift:+d}",
-                f"table {_cell(row.table_version)} / cache {_cell(row.cache_version)}",
-            )
+            (row.tenant_id, row.account, *_amounts(row),
+             f"table {_cell(row.table_version)} / cache {_cell(row.cache_version)}")
             for row in report.drifting
         ]
-        widths = [max(len(r[i]) for r in (header, *body)) for i in range(len(header))]
-        numeric = {2, 3, 4, 5, 6}
-        for r in (header, *body):
-            lines.append("  ".join(
-                cell.rjust(widths[i]) if i in numeric else cell.ljust(widths[i]) for i, cell in enumerate(r)
-            ).rstrip())
+        lines.extend(_table(header, body, numeric={2, 3, 4, 5, 6}))
+        lines.append("")
+    jackpot = report.jackpot
+    if jackpot.drifting:
+        header = ("tenant", "pool", "tier", "part", "ledger", "table", "table-ledger", "cache", "cache-table",
+                  "versions")
+        body = [
+            (row.tenant_id, row.pool_id, row.tier, row.part, *_amounts(row),
+             f"table {_cell(row.table_version)} / cache {_cell(row.cache_version)}")
+            for row in jackpot.drifting
+        ]
+        lines.extend(_table(header, body, numeric={4, 5, 6, 7, 8}))
+        lines.append("")
+    for pool in jackpot.unbalanced:
+        f = pool.figures
+        lines.append(
+            f"tenant {pool.tenant_id} pool {pool.pool_id} (table {pool.version}) does not conserve money: "
+            f"contributions {f.contributions_minor} + seeds {f.seeds_minor} != sizes and reserves {f.pools_minor} "
+            f"+ payouts {f.payouts_minor} ({pool.imbalance:+d})")
+    if jackpot.unbalanced:
         lines.append("")
     lines.extend(f"note: {note}" for note in report.notes)
     lines.append(
         f"{'DRIFT' if report.total_drift else 'OK'}: {len(report.drifting)} of {report.compared} player accounts "
         f"drift ({report.players} players, {report.players_not_cached} not cached); "
+        f"{len(jackpot.drifting)} of {jackpot.compared} pool accounts drift ({jackpot.pools} pools, "
+        f"{jackpot.pools_not_cached} not cached, {len(jackpot.unbalanced)} not conserving); "
         f"total absolute drift {report.total_drift} minor units = {format_ppm(report.drift_milli_ppm)} "
         f"of ledger volume {report.ledger_volume}"
     )
@@ -269,11 +516,42 @@ def apply_changelog(records: dict[tuple[str, str], TableRecord], key: bytes | No
     records[(tenant_id, player_id)] = TableRecord(balances=dict(state.balances), version=state.version)
 
 
+def apply_pool_changelog(records: dict[tuple[str, str], PoolRecord], key: bytes | None,
+                         value: bytes | None) -> None:
+    """Fold one message of the pools changelog into the latest record per pool: the value
+    is the msgpack pool record, an empty value the deletion of the key. The operation
+    records stored in the same table (keys tenant|pool|op|{operation}) hold no money and
+    are skipped."""
+    if not key or POOL_OPERATION_MARK in key:
+        return
+    tenant_id, sep, pool_id = key.decode().partition("|")
+    if not sep:
+        raise ValueError(f"changelog key {key!r} is not tenant|pool")
+    if not value:
+        records.pop((tenant_id, pool_id), None)
+        return
+    record = pool_record(decode_pool_state(value))
+    if record is None:
+        records.pop((tenant_id, pool_id), None)
+    else:
+        records[(tenant_id, pool_id)] = record
+
+
 def parse_snapshot(raw: str | bytes) -> Snapshot:
     """The Redis snapshot JSON: {"player_id", "wallets": [{"type", "currency", "available", ...}], "version"}."""
     data = json.loads(raw)
     available = {f"{w['type']}:{w['currency']}": w["available"] for w in data.get("wallets", [])}
     return Snapshot(available=available, version=data.get("version", 0))
+
+
+def parse_pool_snapshot(raw: str | bytes) -> PoolSnapshot:
+    """The Redis pool snapshot JSON (core.pool_view): {"tiers": [{"tier", "size", "reserve", ...}], "version", ...}."""
+    data = json.loads(raw)
+    amounts: dict[tuple[str, str], int] = {}
+    for tier in data.get("tiers", []):
+        amounts[(tier["tier"], SIZE)] = tier["size"]
+        amounts[(tier["tier"], RESERVE)] = tier["reserve"]
+    return PoolSnapshot(amounts=amounts, version=data.get("version", 0))
 
 
 def flush_lag(end_offsets: Mapping[tuple[str, int], int], positions: Mapping[tuple[str, int], int]) -> int:
@@ -283,10 +561,10 @@ def flush_lag(end_offsets: Mapping[tuple[str, int], int], positions: Mapping[tup
 
 # ---------------------------------------------------------------- the I/O shell
 
-def changelog_topic(settings: Settings) -> str:
+def changelog_topic(settings: Settings, table: str = WALLET_TABLE) -> str:
     """Faust names a table's changelog `{app_id}-{table}-changelog`; Bankroll's TOPIC_PREFIX
     is its own and does not reach Faust's table topics (the app id keeps them apart)."""
-    return f"{settings.faust_app_id}-{WALLET_TABLE}-changelog"
+    return f"{settings.faust_app_id}-{table}-changelog"
 
 
 def _bootstrap_servers(kafka_url: str) -> str:
@@ -298,8 +576,32 @@ class ReconcileError(Exception):
     """Raised when the reconciliation cannot read what it compares."""
 
 
-async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
-    await consumer.topics()  # refreshes the metadata, so partitions_for_topic knows new topics
+@asynccontextmanager
+async def topic_reader(settings: Settings) -> AsyncIterator[AIOKafkaConsumer]:
+    """A consumer for one topic read. Each read takes a new one because assigning
+    partitions narrows a consumer's metadata to the assigned topics (aiokafka then
+    refreshes those only), so a topic read after another with the same consumer would
+    seem to have no partitions: the ledger.postings read after the wallets changelog
+    found none, and the wait for the ledger flush returned at once."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=_bootstrap_servers(settings.kafka_url),
+        enable_auto_commit=False,
+        # Brokers that answer a fetch only when its wait runs out (Tansu) would otherwise
+        # hold every read of an idle partition for 500 ms.
+        fetch_max_wait_ms=settings.consumer_fetch_max_wait_ms,
+    )
+    try:
+        await consumer.start()
+        yield consumer
+    finally:
+        await consumer.stop()
+
+
+def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+    """Every partition of `topic`, from the metadata of every topic the consumer fetched
+    when it started; a consumer that already has an assignment no longer has that."""
+    if consumer.assignment():
+        raise ReconcileError(f"cannot list the partitions of {topic} with a consumer already assigned others")
     return [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
 
 
@@ -336,12 +638,14 @@ async def _fetch_until_high_watermarks(consumer: AIOKafkaConsumer, partitions: l
 
 
 async def read_changelog(
-    consumer: AIOKafkaConsumer, topic: str, timeout_s: float
-) -> dict[tuple[str, str], TableRecord]:
-    """The latest record per key: every partition from its beginning to its end, as the
+    consumer: AIOKafkaConsumer, topic: str, timeout_s: float,
+    fold: Callable[[dict, bytes | None, bytes | None], None] = apply_changelog,
+) -> dict:
+    """The latest record per key, as `fold` keeps it (apply_changelog for wallets,
+    apply_pool_changelog for pools): every partition from its beginning to its end, as the
     first fetch after the start of reading reports it."""
-    records: dict[tuple[str, str], TableRecord] = {}
-    partitions = await _partitions(consumer, topic)
+    records: dict = {}
+    partitions = _partitions(consumer, topic)
     listed = await consumer.end_offsets(partitions) if partitions else {}
     todo = [tp for tp in partitions if listed[tp] > 0]
     if not todo:
@@ -350,14 +654,14 @@ async def read_changelog(
     await consumer.seek_to_beginning(*todo)
     await _fetch_until_high_watermarks(
         consumer, todo, time.monotonic() + timeout_s,
-        on_message=lambda message: apply_changelog(records, message.key, message.value),
+        on_message=lambda message: fold(records, message.key, message.value),
     )
     return records
 
 
 async def end_offsets(consumer: AIOKafkaConsumer, topic: str, timeout_s: float) -> dict[tuple[str, int], int]:
     """(topic, partition) -> the offset the next message will get, for every partition."""
-    partitions = await _partitions(consumer, topic)
+    partitions = _partitions(consumer, topic)
     listed = await consumer.end_offsets(partitions) if partitions else {}
     ends = {(tp.topic, tp.partition): 0 for tp in partitions}
     todo = [tp for tp in partitions if listed[tp] > 0]
@@ -396,25 +700,48 @@ async def read_snapshots(redis_client, players: Iterable[tuple[str, str]]) -> di
     return snapshots
 
 
-async def reconcile_once(settings: Settings, consumer: AIOKafkaConsumer, store: LedgerStore, redis_client,
-                         tenant: str | None, wait_s: float) -> Report:
-    # The table first, then the ledger up to what the postings topic held after it: the
-    # postings of every record read are then in the ledger (they are sent right after the
-    # record is written).
-    records = await read_changelog(consumer, changelog_topic(settings), timeout_s=60.0)
-    lag = await wait_for_flush(consumer, store, topic_name(settings, LEDGER_POSTINGS), wait_s)
+async def read_pool_snapshots(redis_client, pools: Iterable[tuple[str, str]]) -> dict[tuple[str, str], PoolSnapshot]:
+    # One read per pool: a deployment has a few pools per brand, not millions.
+    cache = RedisPoolCache(redis_client)
+    snapshots: dict[tuple[str, str], PoolSnapshot] = {}
+    for tenant_id, pool_id in pools:
+        raw = await cache.get(tenant_id, pool_id)
+        if raw is not None:
+            snapshots[(tenant_id, pool_id)] = parse_pool_snapshot(raw)
+    return snapshots
+
+
+async def reconcile_once(settings: Settings, store: LedgerStore, redis_client, tenant: str | None,
+                         wait_s: float) -> Report:
+    # The tables first, then the ledger up to what the postings topic held after them:
+    # the postings of every record read are then in the ledger (they are sent right after
+    # the record is written).
+    async with topic_reader(settings) as consumer:
+        records = await read_changelog(consumer, changelog_topic(settings), timeout_s=60.0)
+    async with topic_reader(settings) as consumer:
+        pool_records = await read_changelog(consumer, changelog_topic(settings, POOL_TABLE), timeout_s=60.0,
+                                            fold=apply_pool_changelog)
+    async with topic_reader(settings) as consumer:
+        lag = await wait_for_flush(consumer, store, topic_name(settings, LEDGER_POSTINGS), wait_s)
     totals = await store.ledger_totals()
     if tenant is not None:
         records = {k: v for k, v in records.items() if k[0] == tenant}
+        pool_records = {k: v for k, v in pool_records.items() if k[0] == tenant}
         totals = {k: v for k, v in totals.items() if k[0] == tenant}
     ledger = {key: balance for key, (balance, _) in totals.items()}
     players = set(records)
+    pools = set(pool_records)
     for tenant_id, account in ledger:
         parsed = parse_player_account(account)
         if parsed is not None:
             players.add((tenant_id, parsed[0]))
+        pool_account = parse_pool_account(account)
+        if pool_account is not None:
+            pools.add((tenant_id, pool_account[0]))
     snapshots = await read_snapshots(redis_client, sorted(players))
-    report = compare(ledger, records, snapshots, ledger_volume(totals.values()))
+    pool_snapshots = await read_pool_snapshots(redis_client, sorted(pools))
+    report = replace(compare(ledger, records, snapshots, ledger_volume(totals.values())),
+                     jackpot=compare_pools(ledger, pool_records, pool_snapshots))
     if lag:
         report = replace(report, notes=report.notes + (
             f"the ledger flush is still {lag} message(s) behind after {wait_s} s: "
@@ -425,27 +752,18 @@ async def reconcile_once(settings: Settings, consumer: AIOKafkaConsumer, store: 
 async def reconcile(settings: Settings, *, tenant: str | None = None, wait_s: float = 10.0,
                     confirm_after_s: float = 1.0) -> Report:
     """Read, compare, and when something drifts, read and compare once more."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=_bootstrap_servers(settings.kafka_url),
-        enable_auto_commit=False,
-        # Brokers that answer a fetch only when its wait runs out (Tansu) would otherwise
-        # hold every read of an idle partition for 500 ms.
-        fetch_max_wait_ms=settings.consumer_fetch_max_wait_ms,
-    )
     pool = None
     redis_client = None
     try:
-        await consumer.start()
         pool = await create_pool(settings.database_url, min_size=1, max_size=2)
         redis_client = connect_redis(settings.redis_url, max_connections=4)
         store = PostgresLedgerStore(pool)
-        report = await reconcile_once(settings, consumer, store, redis_client, tenant, wait_s)
-        if report.drifting and confirm_after_s > 0:
+        report = await reconcile_once(settings, store, redis_client, tenant, wait_s)
+        if report.total_drift and confirm_after_s > 0:
             await asyncio.sleep(confirm_after_s)
-            report = confirm(report, await reconcile_once(settings, consumer, store, redis_client, tenant, wait_s))
+            report = confirm(report, await reconcile_once(settings, store, redis_client, tenant, wait_s))
         return report
     finally:
-        await consumer.stop()
         if pool is not None:
             await pool.close()
         if redis_client is not None:

@@ -68,8 +68,10 @@ def _jackpots(body: dict, bet_minor: int, bet_currency: str) -> tuple[tuple[str,
         return ()
     if not isinstance(entries, list) or len(entries) > MAX_JACKPOTS_PER_ROUND:
         raise InvalidRequest(f"`jackpots` must be a list of at most {MAX_JACKPOTS_PER_ROUND} pools")
-    if entries and (body.get("brand_id") is None or bet_minor == 0):
-        raise InvalidRequest("a round with jackpot contributions names its brand_id and has a bet")
+    if entries and body.get("brand_id") is None:
+        raise InvalidRequest("a round with jackpot contributions names its brand_id")
+    if bet_minor == 0:
+        return ()  # a round without a stake (free spins) contributes nothing
     out: dict[str, int | None] = {}
     for entry in entries:
         if not isinstance(entry, dict):

@@ -16,13 +16,19 @@ from config.settings import REPO_ROOT, process_environment
 EMBEDDED = {"broker": "kafka_embedded", "postgres": "postgres_embedded", "redis": "redis_embedded"}
 
 
-def plan(settings: Settings, procfile_text: str) -> list[tuple[str, str]]:
-    """(name, command) of every process to start, in Procfile order."""
+DEMO = ("demo", "python -m app.demo")
+
+
+def plan(settings: Settings, procfile_text: str, demo: bool = False) -> list[tuple[str, str]]:
+    """(name, command) of every process to start, in Procfile order, then the demo traffic
+    when asked for. The demo is not in the Procfile: a Procfile runner in production must
+    not start it."""
     out: list[tuple[str, str]] = []
-    for name, command in parse_procfile(procfile_text).processes.items():
+    processes = dict(parse_procfile(procfile_text).processes)
+    if demo and settings.demo_rounds_per_s:
+        processes[DEMO[0]] = DEMO[1]
+    for name, command in processes.items():
         if name in EMBEDDED and not getattr(settings, EMBEDDED[name]):
-            continue
-        if name == "demo" and not settings.demo_rounds_per_s:
             continue
         if command.startswith("python "):
             command = f"{sys.executable} {command[len('python '):]}"
@@ -32,7 +38,7 @@ def plan(settings: Settings, procfile_text: str) -> list[tuple[str, str]]:
     return out
 
 
-def banner(settings: Settings) -> str:
+def banner(settings: Settings, demo: bool) -> str:
     def where(url: str, embedded: bool) -> str:
         return f"{url}{' (embedded)' if embedded else ''}"
 
@@ -45,15 +51,16 @@ def banner(settings: Settings) -> str:
         f"  workers     {settings.worker_count}",
         *([f"  demo        {settings.demo_rounds_per_s} game rounds/s with jackpots; widget: "
            f"http://{settings.http_host}:{settings.http_port}/jp/widget?tenant={settings.api_keys[0].tenant_id}"]
-          if settings.demo_rounds_per_s else []),
+          if demo and settings.demo_rounds_per_s else []),
         "Ctrl-C stops everything.",
     ])
 
 
 def main() -> None:
     settings = load_settings()
-    processes = plan(settings, (REPO_ROOT / "Procfile").read_text())
-    print(banner(settings), flush=True)
+    demo = "--demo" in sys.argv[1:]
+    processes = plan(settings, (REPO_ROOT / "Procfile").read_text(), demo)
+    print(banner(settings, demo), flush=True)
     manager = Manager()
     env = process_environment(settings, PYTHONUNBUFFERED="1")
     for name, command in processes:

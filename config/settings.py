@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# The jackpot seed secret of the local profile: public, so refused on a real broker.
+LOCAL_JACKPOT_SEED_SECRET = b"local-jackpot-seed-secret"
 
 
 class SettingsError(ValueError):
@@ -75,12 +77,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MAX_WITHDRAWALS_PER_HOUR", "5", "Velocity limit: withdrawals a player may start per hour."),
     Setting("BLOCKED_PAYOUT_DESTINATIONS", "", "Payout destinations refused for withdrawals, comma separated."),
     Setting("EXPIRY_SCAN_INTERVAL_S", "60", "How often a worker rescans its tables for holds and bonuses to expire, pool timers and expired pool operation records."),
-    Setting("JACKPOT_SEED_SECRET", "local-jackpot-seed-secret", "Secret the jackpot pools' server seeds are derived from (HMAC per pool); keep it in a vault."),
+    Setting("JACKPOT_SEED_SECRET", LOCAL_JACKPOT_SEED_SECRET.decode(), "Secret the jackpot pools' server seeds are derived from (HMAC per pool); keep it in a vault."),
     Setting("JACKPOT_PAYOUT_RESEND_S", "30", "A jackpot payout request unanswered this long is sent to the wallet again."),
     Setting("JACKPOT_PAYOUT_RETRY_S", "60", "A payout refused for a reason that may pass (AML hold) is retried after this long."),
+    Setting("JACKPOT_CLOSED_WIN_RETENTION_S", "600", "How long a credited win stays in its pool record (late saga answers find it); the audit chain and ledger keep it for good."),
     Setting("JACKPOT_MAX_PAYOUT_ATTEMPTS", "5", "Payout attempts before only an operator's retry asks again."),
     Setting("POOL_CACHE_TTL_S", "3600", "TTL of the Redis pool snapshots (workers refresh them at every scan)."),
-    Setting("DEMO_ROUNDS_PER_S", "0", "Demo game rounds with jackpot contributions `make run` streams per second (0: none)."),
+    Setting("DEMO_ROUNDS_PER_S", "20", "Demo game rounds with jackpot contributions `make run` streams per second (0: none)."),
     Setting("LEDGER_FLUSH_MAX_ROWS", "2000", "Most postings flushed to PostgreSQL in one batch."),
     Setting("LEDGER_FLUSH_WITHIN_MS", "20", "Longest a posting waits in the flush buffer."),
     Setting("SIGNATURE_MAX_SKEW_S", "300", "Largest allowed difference between X-Timestamp and the server clock."),
@@ -172,6 +175,7 @@ class Settings:
     jackpot_payout_resend_s: int
     jackpot_payout_retry_s: int
     jackpot_max_payout_attempts: int
+    jackpot_closed_win_retention_s: int
     pool_cache_ttl_s: int
     demo_rounds_per_s: int
     ledger_flush_max_rows: int
@@ -243,6 +247,8 @@ class Settings:
             jackpot_payout_resend_s=_positive_int("JACKPOT_PAYOUT_RESEND_S", get("JACKPOT_PAYOUT_RESEND_S")),
             jackpot_payout_retry_s=_positive_int("JACKPOT_PAYOUT_RETRY_S", get("JACKPOT_PAYOUT_RETRY_S")),
             jackpot_max_payout_attempts=_positive_int("JACKPOT_MAX_PAYOUT_ATTEMPTS", get("JACKPOT_MAX_PAYOUT_ATTEMPTS")),
+            jackpot_closed_win_retention_s=_positive_int("JACKPOT_CLOSED_WIN_RETENTION_S",
+                                                         get("JACKPOT_CLOSED_WIN_RETENTION_S")),
             pool_cache_ttl_s=_positive_int("POOL_CACHE_TTL_S", get("POOL_CACHE_TTL_S")),
             demo_rounds_per_s=_non_negative_int("DEMO_ROUNDS_PER_S", get("DEMO_ROUNDS_PER_S")),
             ledger_flush_max_rows=_positive_int("LEDGER_FLUSH_MAX_ROWS", get("LEDGER_FLUSH_MAX_ROWS")),
@@ -266,6 +272,9 @@ class Settings:
             raise SettingsError("IDEMPOTENCY_RETENTION_S must keep keys at least 72 hours (259200 s)")
         if len(self.jackpot_seed_secret) < 16:
             raise SettingsError("JACKPOT_SEED_SECRET must be at least 16 bytes")
+        if not self.kafka_embedded and self.jackpot_seed_secret == LOCAL_JACKPOT_SEED_SECRET:
+            # Anyone who knows the seed can compute every must-drop point and round draw.
+            raise SettingsError("JACKPOT_SEED_SECRET must be set to a secret of its own on a real broker")
         if not self.api_keys:
             raise SettingsError("API_KEYS must name at least one key")
         if self.log_level not in {"debug", "info", "warning", "error"}:

@@ -66,6 +66,7 @@ class Stack:
             "BET_HOLD_TTL_S": "8",
             "BLOCKED_PAYOUT_DESTINATIONS": "IBAN-BLOCKED",
             "PYTHONUNBUFFERED": "1",
+            "JACKPOT_SEED_SECRET": f"test-seed-secret-{uuid.uuid4().hex}",
         })
         self._base = base
 

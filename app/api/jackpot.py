@@ -18,6 +18,8 @@ from app.messages import COMMAND_NAMES, READ_POOL, pool_key
 from app.streaming import JP_COMMANDS
 
 MAX_TIERS = 8
+# Contributions carried on game.rounds use the round's operation key as their id.
+ROUND_CONTRIBUTION_PREFIX = "round:"
 MAX_BRANDS = 64
 
 
@@ -201,6 +203,9 @@ async def contribute(request: web.Request) -> web.Response:
                                    "contribution", "region"})
     bet_minor, bet_currency = _money(body, "bet")  # type: ignore[misc]
     explicit = _money(body, "contribution", required=False)
+    if str(body.get("contribution_id", "")).startswith(ROUND_CONTRIBUTION_PREFIX):
+        raise v.InvalidRequest(f"`contribution_id` must not begin with {ROUND_CONTRIBUTION_PREFIX!r}: "
+                               "those are the contributions game rounds carry")
     command = jp.Contribute(
         contribution_id=v.ident(body, "contribution_id"), brand_id=v.ident(body, "brand_id"),
         region=v.ident(body, "region", required=False) or "", round_id=v.ident(body, "round_id"),

@@ -17,7 +17,9 @@ def uid(prefix: str) -> str:
 
 async def signed_at(client: BankrollClient, method: str, path: str, body: dict, timestamp: int):
     """Send with an explicit timestamp: two requests with the same bytes in the same second
-    carry the same signature, and the second is refused as a replay."""
+    carry the same signature, and the second is refused as a replay. A retry of a request
+    just sent is signed a minute back (inside the allowed skew), so its signature differs
+    however slowly the first one was answered."""
     import json
 
     raw = json.dumps(body).encode()

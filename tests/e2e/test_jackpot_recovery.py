@@ -38,7 +38,7 @@ async def test_kill_9_while_pools_take_contributions_and_pay_counts_and_pays_eve
         await create_player(client, player)
     pool_ids = []
     for _ in range(3):
-        view = await create_pool(client, kind="progressive", seed_amount=1_000, contribution_bps=BPS, odds="0.02")
+        view = await create_pool(client, kind="progressive", seed_amount=1_000, contribution_bps=BPS, odds="0.05")
         pool_ids.append(view["pool_id"])
     bodies = [{"contribution_id": uid("c"), "brand_id": "b1", "pool_id": pool_ids[i % 3], "round_id": uid("r"),
                "player_id": players[i % len(players)], "bet": {"amount": BET, "currency": "EUR"}}
@@ -54,13 +54,17 @@ async def test_kill_9_while_pools_take_contributions_and_pay_counts_and_pays_eve
     for name in list(stack.workers):
         stack.kill_worker(name)
     stack.start_worker(uid("worker"))
-    await asyncio.gather(*tasks, return_exceptions=True)
+    answered_before = await asyncio.gather(*tasks, return_exceptions=True)
     await asyncio.get_running_loop().run_in_executor(None, stack.wait_ready)
 
-    # Every contribution again, then once more: the answers must be the first ones.
+    # Every contribution again, then once more: the answers must be the first ones, also
+    # for those answered before the worker died.
     first = await asyncio.gather(*(contribute_until_accepted(client, b) for b in bodies))
     again = await asyncio.gather(*(contribute_until_accepted(client, b) for b in bodies))
     assert first == again
+    kept = [(answer[1], now) for answer, now in zip(answered_before, first)
+            if not isinstance(answer, BaseException) and answer[0] == 200]
+    assert kept and all(before == now for before, now in kept)
 
     async def saga_done():
         views = [await pool(client, p) for p in pool_ids]

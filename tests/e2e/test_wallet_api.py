@@ -47,7 +47,7 @@ async def test_bet_place_settle_and_cancel(stack, client):
     assert (status, body["status"], body["cash_delta"]) == (200, "SETTLED", 900)
     # A retry is signed afresh (an identical signature would be refused as a replay).
     again = await signed_at(client, "POST", "/v1/bets/settle", {"bet_id": bet, "result": "WIN", "payout": 900},
-                            int(time.time()) - 1)
+                            int(time.time()) - 60)
     assert again == (status, body)  # a retried settle returns the first result
     other = await client.call("POST", "/v1/bets/settle", {"bet_id": bet, "result": "WIN", "payout": 901})
     assert other[0] == 409 and other[1]["error"]["code"] == "idempotency_conflict"
@@ -122,7 +122,7 @@ async def test_withdrawal_needs_kyc_then_holds_and_pays_out(stack, client):
     blocked = await client.call("POST", "/v1/withdrawals", {**request, "withdrawal_id": uid("wd"),
                                                             "destination": "IBAN-BLOCKED"})
     assert blocked[1]["error"]["code"] == "destination_blocked"
-    status, body = await signed_at(client, "POST", "/v1/withdrawals", request, int(time.time()) - 1)
+    status, body = await signed_at(client, "POST", "/v1/withdrawals", request, int(time.time()) - 60)
     assert (status, body) == (202, {"withdrawal_id": wd, "state": "PENDING", "status_url": f"/v1/withdrawals/{wd}"})
     assert (await client.call("GET", f"/v1/withdrawals/{wd}"))[1]["state"] == "PENDING"
     assert await cash(client, player) == 3_000

@@ -1,6 +1,7 @@
 """Reconciliation: the pure comparison on plain data, then `python -m app.reconcile`
-against the running stack (ledger in PostgreSQL, table changelog in the broker, snapshots
-in Redis)."""
+against the running stack (ledger in PostgreSQL, table changelogs in the broker, snapshots
+in Redis), for player accounts and for jackpot pools made through the HTTP API. The pure
+comparison of pools has its own tests in tests/unit/test_reconcile_pools.py."""
 from __future__ import annotations
 
 import io
@@ -16,15 +17,18 @@ import redis.asyncio as aioredis
 from app.client.signed import BankrollClient
 from app.domain.wallet.codec import encode_state
 from app.domain.wallet.core import WalletState
+from app.streaming import LEDGER_POSTINGS, topic_name
 from app.reconcile import (
-    CACHED, EXIT_DRIFT, EXIT_ERROR, EXIT_OK, LEDGER_FLUSH_CONSUMER, NOT_CACHED, NOT_IN_SNAPSHOT, AccountRow, Report,
-    Snapshot, TableRecord, apply_changelog, changelog_topic, compare, confirm, flush_lag, format_ppm, ledger_volume,
-    parse_player_account, parse_snapshot, reconcile, render, run,
+    CACHED, EXIT_DRIFT, EXIT_ERROR, EXIT_OK, LEDGER_FLUSH_CONSUMER, NOT_CACHED, NOT_IN_SNAPSHOT, SIZE,
+    AccountRow, PoolRow, ReconcileError, Report, Snapshot, TableRecord, apply_changelog, changelog_topic, compare,
+    confirm, end_offsets, flush_lag, format_ppm, ledger_volume, parse_player_account, parse_snapshot, read_changelog,
+    reconcile, render, run, topic_reader,
 )
 from config import Settings
 from config.settings import REPO_ROOT
-from storage.redis.stores import wallet_cache_key
+from storage.redis.stores import RedisPoolCache, pool_cache_key, wallet_cache_key
 from tests.e2e.helpers import Ledger, create_player, deposit, uid, webhook_body
+from tests.e2e.test_jackpot_api import contribute, create_pool, pool, until
 from tests.stack import free_port
 
 # ---------------------------------------------------------------- the pure comparison
@@ -76,6 +80,7 @@ def test_an_extra_ledger_leg_is_drift_of_exactly_its_amount():
     assert "player:p1:CASH:EUR" in text and "-777" in text
     assert text.splitlines()[-1] == (
         "DRIFT: 1 of 4 player accounts drift (2 players, 0 not cached); "
+        "0 of 0 pool accounts drift (0 pools, 0 not cached, 0 not conserving); "
         "total absolute drift 777 minor units = 49093.321 ppm of ledger volume 15827"
     )
 
@@ -192,7 +197,9 @@ def test_names_match_the_agents_and_faust():
 
 
 async def test_an_unreachable_service_is_an_error_not_drift():
-    settings = Settings.from_env({"KAFKA_URL": f"kafka://127.0.0.1:{free_port()}"})
+    # A broker named by URL is a real one, which refuses the public local seed secret.
+    settings = Settings.from_env({"KAFKA_URL": f"kafka://127.0.0.1:{free_port()}",
+                                  "JACKPOT_SEED_SECRET": "reconcile-test-seed-secret"})
     out = io.StringIO()
     assert await run(settings, out=out) == EXIT_ERROR
     assert out.getvalue().startswith("ERROR: could not reconcile")
@@ -250,6 +257,22 @@ async def test_credited_deposits_reconcile_with_zero_drift(stack, client):
     done = reconcile_command(stack)
     assert done.returncode == EXIT_OK, done.stdout + done.stderr
     assert "total absolute drift 0 minor units" in done.stdout
+
+
+@pytest.mark.integration
+async def test_the_postings_topic_is_found_after_a_changelog_was_read(stack, client):
+    """An assignment narrows a consumer's metadata to the assigned topics: reading the
+    postings topic's end with the consumer that read the wallets changelog found no
+    partitions, so the wait for the ledger flush never waited. Each read has its own."""
+    [player_id] = await credited_players(stack, client, [(1_000, 0)])
+    async with topic_reader(stack.settings) as consumer:
+        records = await read_changelog(consumer, changelog_topic(stack.settings), timeout_s=60.0)
+        assert (stack.tenant_id, player_id) in records
+        with pytest.raises(ReconcileError):
+            await end_offsets(consumer, topic_name(stack.settings, LEDGER_POSTINGS), timeout_s=5.0)
+    async with topic_reader(stack.settings) as consumer:
+        ends = await end_offsets(consumer, topic_name(stack.settings, LEDGER_POSTINGS), timeout_s=5.0)
+    assert len(ends) == stack.settings.topic_partitions and sum(ends.values()) >= 1
 
 
 def rows_of(report: Report, player_id: str) -> list[AccountRow]:
@@ -310,4 +333,91 @@ async def test_a_wrong_snapshot_is_drift_and_an_expired_one_is_not(stack, client
         assert not_cached.players_not_cached >= 1
     finally:
         await redis_client.delete(key)
+        await redis_client.aclose()
+
+
+def pool_rows(report: Report, pool_id: str) -> list[PoolRow]:
+    return [row for row in report.jackpot.drifting if row.pool_id == pool_id]
+
+
+async def pools_with_contributions(client) -> dict[str, dict]:
+    """A progressive and a multi_tier pool, three contributions each, some above a cap so
+    the reserves hold money too; pool id -> its view once the cached snapshot shows the
+    last contribution."""
+    progressive = await create_pool(client, kind="progressive", seed_amount=10_000, cap=10_050, contribution_bps=150)
+    multi_tier = await create_pool(client, kind="multi_tier", contribution_bps=1_000, tiers=[
+        {"name": "mini", "seed_amount": 100, "cap": 150, "share_bps": 6_000},
+        {"name": "major", "seed_amount": 1_000, "share_bps": 4_000},
+    ])
+    views = {}
+    for created in (progressive, multi_tier):
+        pool_id = created["pool_id"]
+        for bet in (1_000, 2_000, 3_000):
+            status, body = await contribute(client, pool_id, bet)
+            assert status == 200, body
+        size = sum(body["sizes"].values())
+
+        async def cached(pool_id: str = pool_id, size: int = size) -> dict | None:
+            view = await pool(client, pool_id)
+            return view if view["size"] == size else None
+
+        views[pool_id] = await until(cached, what=f"the snapshot of {pool_id}")
+    return views
+
+
+@pytest.mark.integration
+async def test_pools_made_through_the_api_reconcile_and_a_wrong_pool_snapshot_is_drift(stack, client):
+    before = await reconcile(stack.settings, tenant=stack.tenant_id)
+    views = await pools_with_contributions(client)
+    progressive_id, multi_tier_id = views
+    # 1.5 % of 6 000 in bets is 90: 50 fill the progressive pool to its cap, 40 wait in
+    # its reserve.
+    assert [(t["tier"], t["size"], t["reserve"]) for t in views[progressive_id]["tiers"]] == [("main", 10_050, 40)]
+    assert [(t["tier"], t["size"], t["reserve"]) for t in views[multi_tier_id]["tiers"]] == [
+        ("mini", 150, 310), ("major", 1_240, 0)]
+
+    report = await reconcile(stack.settings, tenant=stack.tenant_id)
+    assert pool_rows(report, progressive_id) == [] and pool_rows(report, multi_tier_id) == []
+    assert report.jackpot.unbalanced == ()
+    # Each pool is counted with a size and a reserve account per tier: 2 + 4.
+    assert report.jackpot.pools == before.jackpot.pools + 2
+    assert report.jackpot.compared == before.jackpot.compared + 6
+
+    done = reconcile_command(stack)
+    assert done.returncode == EXIT_OK, done.stdout + done.stderr
+    assert f"0 of {report.jackpot.compared} pool accounts drift ({report.jackpot.pools} pools" in done.stdout
+
+    # A snapshot newer than the record (so no worker's write replaces it) showing 25 more.
+    redis_client = aioredis.Redis.from_url(stack.env["REDIS_URL"])
+    cache = RedisPoolCache(redis_client)
+    try:
+        snapshot = json.loads(await cache.get(stack.tenant_id, progressive_id))
+        version = snapshot["version"]
+        snapshot["tiers"][0]["size"] += 25
+        snapshot["version"] = version + 1
+        assert await cache.put(stack.tenant_id, progressive_id, version + 1, json.dumps(snapshot), 300)
+
+        done = reconcile_command(stack)
+        assert done.returncode == EXIT_DRIFT, done.stdout + done.stderr
+        [line] = [line for line in done.stdout.splitlines() if progressive_id in line]
+        # tenant, pool, tier, part, ledger, table, table - ledger, cache, cache - table, versions
+        assert line.split() == [stack.tenant_id, progressive_id, "main", SIZE, "10050", "10050", "+0", "10075",
+                                "+25", "table", str(version), "/", "cache", str(version + 1)]
+        assert multi_tier_id not in done.stdout
+        assert f"total absolute drift {before.total_drift + 25} minor units" in done.stdout
+
+        report = await reconcile(stack.settings, tenant=stack.tenant_id)
+        [row] = pool_rows(report, progressive_id)
+        assert (row.part, row.ledger, row.table, row.cache, row.cache_drift, row.cache_state) == (
+            SIZE, 10_050, 10_050, 10_075, 25, CACHED)
+        assert row.account == f"system:JACKPOT_LIABILITY:{progressive_id}:EUR"
+        assert report.total_drift == before.total_drift + 25
+
+        # Without a snapshot the pool is not cached, which is not drift.
+        await redis_client.delete(pool_cache_key(stack.tenant_id, progressive_id))
+        not_cached = await reconcile(stack.settings, tenant=stack.tenant_id)
+        assert pool_rows(not_cached, progressive_id) == []
+        assert not_cached.total_drift == before.total_drift
+    finally:
+        await redis_client.delete(pool_cache_key(stack.tenant_id, progressive_id))
         await redis_client.aclose()

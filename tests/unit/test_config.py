@@ -15,7 +15,7 @@ def test_defaults_describe_the_embedded_local_profile():
 
 
 def test_a_url_replaces_the_embedded_service():
-    s = Settings.from_env({"DATABASE_URL": "postgresql://db/x", "KAFKA_URL": "kafka://k:9092"})
+    s = Settings.from_env({"DATABASE_URL": "postgresql://db/x", "KAFKA_URL": "kafka://k:9092", "JACKPOT_SEED_SECRET": "s" * 16})
     assert not s.postgres_embedded and s.database_url == "postgresql://db/x"
     assert not s.kafka_embedded and s.redis_embedded
 
@@ -50,3 +50,10 @@ def test_readme_carries_the_generated_settings_table():
     readme = (REPO_ROOT / "README.md").read_text()
     assert settings_table_markdown() in readme, "run `python -m config` and paste the table into README.md"
     assert len(SETTINGS) == len({s.env for s in SETTINGS})
+
+
+def test_the_public_local_jackpot_secret_is_refused_on_a_real_broker():
+    assert Settings.from_env({}).jackpot_seed_secret == b"local-jackpot-seed-secret"
+    with pytest.raises(SettingsError, match="JACKPOT_SEED_SECRET"):
+        Settings.from_env({"KAFKA_URL": "kafka://broker:9092"})
+    assert Settings.from_env({"KAFKA_URL": "kafka://broker:9092", "JACKPOT_SEED_SECRET": "x" * 32})

@@ -7,6 +7,7 @@ ledger and the pool record agree and conserve money, that the chain verifies up 
 record's head, and that the record survives its changelog encoding."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 
 import pytest
@@ -17,10 +18,10 @@ from app.domain.jackpot.codec import decode_state, encode_state
 from app.domain.jackpot.core import (
     CheckCandidate, Conservation, Context, Contribute, CreatePool, JackpotResult, PayoutCredited, PayoutFailed, Reconfigure,
     RetryPayout, Rules, Tick, TierPatch, Trigger, chain_entry_from_audit, check_conservation, check_ledger,
-    check_pool, conservation, decide, evolve, ledger_conservation, pool_view, split_contribution,
+    check_pool, conservation, decide, evolve, ledger_conservation, pool_view, split_contribution, validate_config,
 )
 from app.domain.jackpot.rng import deadline_winner_index, round_wins, verify_reveal
-from app.domain.jackpot.state import MAIN_TIER, PoolState, TierConfig, TierState, Totals
+from app.domain.jackpot.state import CREDITED, MAIN_TIER, PoolState, TierConfig, TierState, Totals
 from app.domain.ledger import Posting
 
 R = JackpotResult
@@ -549,6 +550,19 @@ def test_timed_pool_drops_at_its_deadline_to_a_seeded_draw_among_the_period_entr
     assert w.tier().size_minor == 1_000
 
 
+def test_a_round_after_the_deadline_drops_the_closed_period_first_and_enters_the_next():
+    w = world("timed")  # deadline T0 + 60 s
+    w.contribute(bet=10_000, player="ann", round_id="in-time")
+    size = w.tier().size_minor
+    w.now = T0 + 90_000  # the deadline's tick has not come yet
+    d = w.contribute(bet=10_000, player="zed", round_id="late", cid="late")
+    (win,) = d.outcome.body["wins"]
+    assert (win["amount"], w.state.wins[win["trigger_id"]].player_id) == (size, "ann")
+    assert w.state.deadline_ms == T0 + 120_000
+    assert list(w.state.participants) == ["zed"] and w.tier().size_minor == 1_000 + 100
+    assert w.do(Tick("the late tick")).outcome.body["dropped"] == []  # nothing twice
+
+
 def test_timed_pool_without_participants_rolls_over_to_the_next_deadline():
     w = world("timed")
     w.now = T0 + 200_000  # three deadlines late
@@ -649,6 +663,15 @@ def test_operation_ids_are_pruned_after_retention():
     assert "contribution:old" not in w.state.operations and "contribution:new" in w.state.operations
 
 
+def test_a_credited_win_leaves_the_record_after_its_own_short_retention():
+    w = credited_world()
+    w.contribute(advance_ms=RULES.closed_win_retention_ms - 1_000)
+    assert w.state.wins["t1"].state == CREDITED  # a late answer still finds it
+    w.contribute(advance_ms=2_000)
+    assert "t1" not in w.state.wins and "trigger:t1" in w.state.operations
+    assert w.code(Trigger("t1", "p1", "r1", "b1", "MT")) is R.CREATED  # the trigger id is still a replay
+
+
 # ---------------------------------------------------------------- invariants
 
 def test_conservation_holds_from_the_record_and_from_the_ledger():
@@ -716,3 +739,10 @@ def test_chain_entries_travel_as_audit_records():
     assert record.kind == "jp_chain" and record.code == "drop" and record.player_id == ""
     assert record.audit_id == f"jp:pool1:chain:{record.detail['seq']}"
     assert chain_entry_from_audit(record).payload["trigger_id"] == "t1"
+
+
+def test_pool_ids_have_no_underscore_so_payout_keys_name_one_win():
+    config = world().state.config
+    assert validate_config(dataclasses.replace(config, pool_id="a-b.c")) == ""
+    # Otherwise pool a_b with trigger c and pool a with trigger b_c would share jp_p_a_b_c.
+    assert "pool_id" in validate_config(dataclasses.replace(config, pool_id="a_b"))

@@ -73,7 +73,7 @@ def test_the_scenario_chain_covers_every_kind_the_verifier_must_protect():
 
 
 def test_the_stores_select_a_pools_records_by_the_audit_ids_the_core_gives_them():
-    for pool_id in (POOL, "grand.EU-2_x"):
+    for pool_id in (POOL, "grand.EU-2.x"):
         records, _, _ = pool_chain(pool_id)
         for record in records:
             assert record.audit_id == chain_audit_prefix(pool_id) + str(record.detail["seq"])
@@ -219,6 +219,35 @@ def test_a_chain_rewritten_end_to_end_is_found_against_the_head():
     verdict = verify_pool(POOL, records, HEAD)
     assert verdict.bad_seq == N - 1 and verdict.tail_only
     assert verdict.reason == "its hash is not the published head's: the chain was rewritten"
+
+
+def rehashed(records: list[AuditRecord], change) -> tuple[list[AuditRecord], ChainHead]:
+    """The chain as an insider with write access would forge it: payloads changed by
+    `change(kind, payload)`, every link re-hashed, and the published head moved along."""
+    out, prev = [], GENESIS
+    for r in records:
+        d = r.detail
+        payload = change(d["kind"], dict(d["payload"]))
+        digest = entry_hash(prev, d["seq"], d["kind"], payload)
+        out.append(edit(r, prev_hash=prev, payload=payload, hash=digest))
+        prev = digest
+    return out, ChainHead(len(out), prev)
+
+
+@pytest.mark.parametrize("forgery, reason", [
+    (lambda kind, p: {**p, "point_minor": p["point_minor"] + 1} if kind == "drop_reveal" else p,
+     "the revealed drop point does not match its commitment"),
+    (lambda kind, p: {**p, "drop_max_minor": p["drop_min_minor"]} if kind == "drop_commitment" else p,
+     "the revealed drop point is outside its committed range"),
+    (lambda kind, p: {**p, "amount_minor": p["amount_minor"] - 1} if kind == "drop" else p,
+     "the must-drop win does not pay the revealed point"),
+])
+def test_a_consistently_rehashed_chain_with_an_unfair_drop_is_found(forgery, reason):
+    assert verify_pool(POOL, *rehashed(RECORDS, lambda kind, p: p)).ok
+    records, head = rehashed(RECORDS, forgery)
+    verdict = verify_pool(POOL, records, head)
+    assert not verdict.ok and verdict.reason == reason
+    assert records[verdict.bad_seq].code == "drop_reveal"
 
 
 def test_a_record_of_another_pool_is_found():

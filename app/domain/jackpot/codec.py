@@ -64,6 +64,21 @@ def encode_operation(version: int, record: OperationRecord) -> bytes:
     return msgpack.packb([FORMAT_VERSION, version, _operation(record)], use_bin_type=True)
 
 
+def operation_at_ms(raw: bytes) -> int:
+    """When an encoded operation record was made, read without decoding the rest: the
+    worker's scan asks this of every stored operation to find the ones to prune."""
+    unpacker = msgpack.Unpacker(raw=False)
+    unpacker.feed(raw)
+    unpacker.read_array_header()
+    if unpacker.unpack() != FORMAT_VERSION:
+        raise ValueError("unknown operation record format")
+    unpacker.skip()  # the pool version
+    unpacker.read_array_header()
+    for _ in range(3):  # request hash, code, body
+        unpacker.skip()
+    return unpacker.unpack()
+
+
 def decode_operation(raw: bytes) -> tuple[int, OperationRecord]:
     fmt, version, row = msgpack.unpackb(raw, raw=False, strict_map_key=False)
     if fmt != FORMAT_VERSION:

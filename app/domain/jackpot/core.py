@@ -59,7 +59,10 @@ from app.domain.ledger import Posting, check_postings, system_account
 from app.domain.money import MAX_AMOUNT_MINOR, is_amount_minor, is_currency
 
 BPS = 10_000
-_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")  # pool, brand and region ids: no ":" so account names parse
+_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")  # brand and region ids: no ":" so account names parse
+# Pool ids have no "_" either, so the payout key jp_p_{pool}_{trigger} names one pool and one
+# trigger: the pool id ends at the first "_" after the prefix.
+_POOL_ID = re.compile(r"^[A-Za-z0-9.-]{1,64}$")
 # Tier names also have no "-", so engine trigger ids "auto-{tier}-..." cannot collide.
 _TIER = re.compile(r"^[a-z0-9_]{1,32}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -243,6 +246,10 @@ class Rules:
     payout_resend_ms: int = 30_000  # a request unanswered this long is sent again (same attempt)
     payout_retry_ms: int = 60_000  # a retryable failure is retried after this long (next attempt)
     max_payout_attempts: int = 5  # then only an operator's RetryPayout asks again
+    # How long a credited win stays in the pool record: long enough for a late or
+    # duplicated saga answer to find it, short enough that a pool dropping often keeps a
+    # small record (the chain, the ledger and the trigger's operation record keep the rest).
+    closed_win_retention_ms: int = 600_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,6 +319,7 @@ class OperationRecorded:
     key: str
     record: OperationRecord
     prune_before_ms: int
+    prune_wins_before_ms: int = 0  # credited wins closed before this go; 0: prune_before_ms
 
 
 Event = Union[
@@ -405,8 +413,8 @@ def validate_config(config: PoolConfig) -> str:
     """What is wrong with a pool configuration, in words; "" when nothing is."""
     if config.kind not in POOL_KINDS:
         return f"kind must be one of {', '.join(POOL_KINDS)}"
-    if not isinstance(config.pool_id, str) or not _ID.match(config.pool_id):
-        return "pool_id must be 1-64 of A-Z, a-z, 0-9, '_', '.', '-'"
+    if not isinstance(config.pool_id, str) or not _POOL_ID.match(config.pool_id):
+        return "pool_id must be 1-64 of A-Z, a-z, 0-9, '.', '-'"
     brands = config.brand_ids
     if (not brands or len(set(brands)) != len(brands)
             or not all(isinstance(b, str) and _ID.match(b) for b in brands)):
@@ -738,7 +746,8 @@ def decide(state: PoolState, command: Command, ctx: Context) -> Decision:
     record = OperationRecord(request, str(decision.outcome.code), decision.outcome.body, ctx.now_ms,
                              decision.postings, decision.payouts, decision.audit)
     return dataclasses.replace(
-        decision, events=decision.events + (OperationRecorded(key, record, ctx.now_ms - ctx.retention_ms),),
+        decision, events=decision.events + (OperationRecorded(
+            key, record, ctx.now_ms - ctx.retention_ms, ctx.now_ms - ctx.rules.closed_win_retention_ms),),
     )
 
 
@@ -835,6 +844,10 @@ def _contribute(state: PoolState, cmd: Contribute, ctx: Context) -> Decision:
         return refused
     amount = explicit if explicit is not None else cmd.bet_minor * config.contribution_bps // BPS
     draft = _Draft(state, ctx)
+    # A round after a timed pool's deadline belongs to the next period, even when the timer's
+    # tick has not arrived yet: the due drop is made first, among the period's own entries.
+    period_closed = _deadline_due(state, ctx.now_ms)
+    wins = _deadline_drop(state, draft, ctx) if period_closed else []
     operation_id = f"jp:{config.pool_id}:contribution:{cmd.contribution_id}"
     reason = f"contribution {cmd.contribution_id} round {cmd.round_id} brand {cmd.brand_id} region {cmd.region}"
     to_pool: dict[str, int] = {}
@@ -847,10 +860,9 @@ def _contribute(state: PoolState, cmd: Contribute, ctx: Context) -> Decision:
         to_pool[name], reserved = draft.contribute(name, part, operation_id, reason, cmd.brand_id, cmd.player_id)
         to_reserve += reserved
     if config.kind == "timed":
-        before = state.participants.get(cmd.player_id)
+        before = None if period_closed else state.participants.get(cmd.player_id)
         draft.ordered.append(ParticipantCounted(Participant(
             cmd.player_id, (before.entries if before else 0) + 1, cmd.brand_id, cmd.region, cmd.round_id)))
-    wins = []
     for tier in config.tiers:
         current = draft.tiers[tier.name]
         if current.drop_point_minor and current.size_minor >= current.drop_point_minor:
@@ -937,36 +949,49 @@ def _trigger(state: PoolState, cmd: Trigger, ctx: Context) -> Decision:
     return draft.decision(JackpotResult.CREATED, {"pool_id": config.pool_id, **_win_body(win, config.pool_id)})
 
 
+def _deadline_due(state: PoolState, now_ms: int) -> bool:
+    config = state.config
+    return config.kind == "timed" and config.status == OPEN and 0 < state.deadline_ms <= now_ms
+
+
+def _deadline_drop(state: PoolState, draft: _Draft, ctx: Context) -> list[dict]:
+    """A timed pool's due deadline: the period's entries draw the winner (or the pool rolls
+    over to the next deadline when nobody took part); the period's entries are cleared."""
+    config, now = state.config, ctx.now_ms
+    deadline, period = state.deadline_ms, config.period_ms
+    following = deadline + period * ((now - deadline) // period + 1)
+    entries = sum(p.entries for p in state.participants.values())
+    dropped = []
+    if entries and draft.tiers[MAIN_TIER].size_minor > 0:
+        # Each contribution in the period is one entry; players in a fixed order.
+        index = deadline_winner_index(ctx.server_seed, config.pool_id, MAIN_TIER, deadline, entries)
+        for participant in sorted(state.participants.values(), key=lambda p: p.player_id):
+            if index < participant.entries:
+                break
+            index -= participant.entries
+        win = draft.drop(MAIN_TIER, f"{ENGINE_TRIGGER_PREFIX}{MAIN_TIER}-deadline-{deadline}",
+                         participant.player_id, participant.round_id, participant.brand_id, participant.region,
+                         "deadline")
+        if win is not None:
+            dropped.append(_win_body(win, config.pool_id))
+    else:
+        draft.chain("deadline_rollover", tier=MAIN_TIER, deadline_ms=deadline, next_deadline_ms=following,
+                    participants=len(state.participants), size_minor=draft.tiers[MAIN_TIER].size_minor)
+    if state.participants:
+        draft.ordered.append(ParticipantsCleared())
+    draft.ordered.append(DeadlineSet(following))
+    return dropped
+
+
 def _tick(state: PoolState, cmd: Tick, ctx: Context) -> Decision:
     config, now, rules = state.config, ctx.now_ms, ctx.rules
     draft = _Draft(state, ctx)
     dropped, resent, retried = [], [], []
-    deadline_due = config.kind == "timed" and config.status == OPEN and 0 < state.deadline_ms <= now
-    if deadline_due:
+    if _deadline_due(state, now):
         refused = _seed_problem(ctx, config.server_seed_hash)
         if refused:
             return refused
-        deadline, period = state.deadline_ms, config.period_ms
-        following = deadline + period * ((now - deadline) // period + 1)
-        entries = sum(p.entries for p in state.participants.values())
-        if entries and draft.tiers[MAIN_TIER].size_minor > 0:
-            # Each contribution in the period is one entry; players in a fixed order.
-            index = deadline_winner_index(ctx.server_seed, config.pool_id, MAIN_TIER, deadline, entries)
-            for participant in sorted(state.participants.values(), key=lambda p: p.player_id):
-                if index < participant.entries:
-                    break
-                index -= participant.entries
-            win = draft.drop(MAIN_TIER, f"{ENGINE_TRIGGER_PREFIX}{MAIN_TIER}-deadline-{deadline}",
-                             participant.player_id, participant.round_id, participant.brand_id, participant.region,
-                             "deadline")
-            if win is not None:
-                dropped.append(_win_body(win, config.pool_id))
-        else:
-            draft.chain("deadline_rollover", tier=MAIN_TIER, deadline_ms=deadline, next_deadline_ms=following,
-                        participants=len(state.participants), size_minor=draft.tiers[MAIN_TIER].size_minor)
-        if state.participants:
-            draft.ordered.append(ParticipantsCleared())
-        draft.ordered.append(DeadlineSet(following))
+        dropped = _deadline_drop(state, draft, ctx)
     for win in sorted(state.wins.values(), key=lambda w: w.trigger_id):
         if win.state == PAYOUT_REQUESTED and win.changed_at_ms + rules.payout_resend_ms <= now:
             # Unanswered: ask again under the same attempt; the wallet credits the key once.
@@ -1075,11 +1100,12 @@ def evolve(state: PoolState, events: tuple[Event, ...]) -> PoolState:
             chain_seq, chain_hash = entry.seq + 1, entry.hash
         elif isinstance(event, OperationRecorded):
             cutoff = event.prune_before_ms
-            # Operation ids and credited wins older than the retention period are dropped;
-            # a failed or unanswered payout stays until it is credited.
+            # Operation ids older than the retention period and credited wins older than
+            # theirs are dropped; a failed or unanswered payout stays until it is credited.
             operations = {k: v for k, v in operations.items() if v.at_ms >= cutoff}
             operations[event.key] = event.record
-            for trigger_id in [k for k, w in wins.items() if 0 < w.closed_at_ms < cutoff]:
+            wins_cutoff = event.prune_wins_before_ms or cutoff
+            for trigger_id in [k for k, w in wins.items() if 0 < w.closed_at_ms < wins_cutoff]:
                 del wins[trigger_id]
         else:
             raise InvariantViolation(f"unknown jackpot event {type(event).__name__}")
