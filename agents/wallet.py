@@ -179,11 +179,16 @@ async def handle_wallet_message(deps: WalletAgentDeps, key: bytes, value: bytes)
     await apply_envelope(deps, key, envelope)
 
 
+def partition_of(key: bytes, partitions: int) -> int:
+    """The partition of a key on every Bankroll topic and table (Kafka's default murmur2)."""
+    return _PARTITIONER(key, list(range(partitions)), list(range(partitions)))
+
+
 def owns_key(key: bytes, partition: int, partitions: int) -> bool:
     """Whether a message on this partition may be applied to the record of its key: the
     partition the command topic (and so the table) would use for it. A producer with
     another partitioner would otherwise give one player two owners."""
-    return _PARTITIONER(key, list(range(partitions)), list(range(partitions))) == partition
+    return partition_of(key, partitions) == partition
 
 
 _PARTITIONER = DefaultPartitioner()

@@ -21,7 +21,7 @@ from agents import jackpot as jackpot_agent
 from agents.ledger_flush import run_ledger_flush
 from agents.wallet import (
     POOL_SNAPSHOT, ExpiryScheduler, OutputBuffer, Snapshot, WalletAgentDeps, apply_envelope, apply_payout_request,
-    handle_wallet_message, owns_key, rules_from_settings,
+    handle_wallet_message, owns_key, partition_of, rules_from_settings,
 )
 from app.api.validation import InvalidRequest
 from app.domain.jackpot import core as jp
@@ -246,15 +246,16 @@ def build_worker(
         now_ms = int(time.time() * 1000)
         # Partitions that just arrived (a start, a rebalance after a worker died) are scanned
         # as soon as their tables are recovered, so their deadlines are not a scan late.
-        arrived = serving and assigned != scanned_partitions
-        if arrived or now_ms - last_scan_ms[0] >= settings.expiry_scan_interval_s * 1000:
+        arrived = assigned != scanned_partitions
+        if serving and (arrived or now_ms - last_scan_ms[0] >= settings.expiry_scan_interval_s * 1000):
             # The schedules are derived state: rebuilt from the partitions this worker owns
             # now, which also covers partitions that moved here in a rebalance.
             last_scan_ms[0] = now_ms
-            if serving:
-                scanned_partitions[:] = assigned
-            scheduler.scan(streams.wallets.items())
-            await scan_pools(now_ms)
+            scanned_partitions[:] = assigned
+            # Faust's memory store keeps what this worker wrote to partitions it has since
+            # lost; only the records of partitions it owns now are scheduled and published.
+            scheduler.scan(mine(streams.wallets.items(), set(assigned)))
+            await scan_pools(now_ms, set(assigned))
         for key in scheduler.due(now_ms):
             tenant_id = key.decode().split("|", 1)[0]
             tick = CommandEnvelope.wrap(Tick(), tenant_id=tenant_id, operation_key="", request_hash="",
@@ -267,8 +268,15 @@ def build_worker(
                                         request_hash="", now_ms=now_ms, reply_to="", request_id="")
             await streams.jp_commands.send(key=key, value=tick.encode())
 
-    async def scan_pools(now_ms: int) -> None:
-        items = list(streams.pools.items())
+    def mine(items, owned_now: set[int]) -> list[tuple[bytes, bytes]]:  # type: ignore[no-untyped-def]
+        """The table entries of these partitions. An operation record sits on its pool's
+        partition (Faust writes a table entry to the partition of the event being
+        processed), so it goes by its pool's key."""
+        return [(key, raw) for key, raw in items
+                if partition_of(key.split(jackpot_agent.OPERATION_MARK, 1)[0], settings.topic_partitions) in owned_now]
+
+    async def scan_pools(now_ms: int, owned_now: set[int]) -> None:
+        items = mine(streams.pools.items(), owned_now)
         pools = [(key, raw) for key, raw in items if raw and jackpot_agent.is_pool_key(key)]
         pool_scheduler.scan(pools)
         # Widgets read pool snapshots from Redis: refreshed here so a quiet pool stays listed.
