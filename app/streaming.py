@@ -10,6 +10,7 @@ import faust
 from aiokafka import TopicPartition
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth, server_list
+from faust.transport.producer import ProducerBuffer
 from faust.types import TP
 
 from config import Settings
@@ -108,8 +109,50 @@ class _TunedConsumer(faust_aiokafka.Consumer):
         return _TunedConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
 
+class _CountingProducerBuffer(ProducerBuffer):
+    """Counts the messages being handed to the Kafka client: the buffer's queue no longer
+    holds them, and the client's accumulator does not hold them yet."""
+
+    sending = 0
+
+    async def _send_pending(self, fut: Any) -> None:
+        self.sending += 1
+        try:
+            await super()._send_pending(fut)
+        finally:
+            self.sending -= 1
+
+
+async def drain(buffer: Any) -> None:
+    """Wait until every message put in the buffer has reached the Kafka client.
+
+    ProducerBuffer.flush returns once 0.1 s passes without a message going out, even with
+    messages still queued, and does not see the one being handed over. Faust flushes its
+    producer right before it commits the offsets of processed events, and table writes
+    (the wallet and pool records) travel through this buffer: an offset committed while
+    a record's changelog write was still queued would survive a crash that loses the
+    write, and the event would never be processed again."""
+    while buffer.size or buffer.sending:
+        await buffer.flush()
+        if not buffer.size and buffer.sending:
+            await asyncio.sleep(0.001)
+
+
+class _DrainingProducer(faust_aiokafka.Producer):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        buffer = _CountingProducerBuffer(loop=self.loop, beacon=self.beacon)
+        buffer.app = self.app
+        self.buffer = buffer
+
+    async def flush(self) -> None:
+        await drain(self.buffer)
+        await super().flush()
+
+
 class _TunedTransport(faust_aiokafka.Transport):
     Consumer = _TunedConsumer
+    Producer = _DrainingProducer
 
 
 class BankrollApp(faust.App):

@@ -16,7 +16,7 @@ import time
 import aiohttp
 import asyncpg
 
-from bench.common import create_funded_players, latency_line, percentile, running_stack
+from bench.common import create_funded_players, latency_line, open_loop, percentile, running_stack
 from app.client.signed import BankrollClient
 
 
@@ -47,15 +47,7 @@ async def run(stack, rate: float, seconds: float, players: int) -> None:
                 errors.append(("settle", status, body))
 
         total = int(rate * seconds)
-        tasks = []
-        began = time.perf_counter()
-        for i in range(total):
-            delay = began + i / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one_bet(i)))
-        await asyncio.gather(*tasks)
-        wall = time.perf_counter() - began
+        wall = await open_loop(rate, total, one_bet)
         print(f"{total} bets at {rate:.0f}/s target ({2 * rate:.0f} requests/s): "
               f"{2 * total / wall:.0f} requests/s achieved, {len(errors)} errors {errors[:2]}")
         print(latency_line("place (POST /v1/bets/place)", place_ms))

@@ -4,8 +4,10 @@ from __future__ import annotations
 import asyncio
 import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Awaitable, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -21,6 +23,21 @@ def latency_line(name: str, latencies_ms: list[float], extra: str = "") -> str:
     return (f"{name:<30} n {len(latencies_ms):>6}   p50 {percentile(latencies_ms, 50):6.1f} ms   "
             f"p95 {percentile(latencies_ms, 95):6.1f} ms   p99 {percentile(latencies_ms, 99):6.1f} ms   "
             f"max {max(latencies_ms):7.1f} ms{extra}")
+
+
+async def open_loop(rate: float, total: int, one: Callable[[int], Awaitable[None]]) -> float:
+    """Start one(i) for i in range(total) on a fixed schedule of `rate` a second, whatever
+    the answers do (a slow server shows as latency, not as a lower rate); wait for all of
+    them and return the wall time in seconds."""
+    tasks = []
+    began = time.perf_counter()
+    for i in range(total):
+        delay = began + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(i)))
+    await asyncio.gather(*tasks)
+    return time.perf_counter() - began
 
 
 async def create_funded_players(client, ids: list[str], amount_minor: int) -> None:

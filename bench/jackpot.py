@@ -23,7 +23,7 @@ from aiokafka import AIOKafkaConsumer
 from app.api.bus import bootstrap_servers
 from app.client.signed import BankrollClient
 from app.streaming import JP_PAYOUT_CREDITED, topic_name
-from bench.common import latency_line, percentile, running_stack
+from bench.common import latency_line, open_loop, percentile, running_stack
 
 
 async def contributions(client: BankrollClient, tag: str, rate: float, seconds: float, pools: int) -> None:
@@ -50,15 +50,7 @@ async def contributions(client: BankrollClient, tag: str, rate: float, seconds: 
             unanswered.append(body_of(i))
 
     total = int(rate * seconds)
-    tasks = []
-    began = time.perf_counter()
-    for i in range(total):
-        delay = began + i / rate - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(i)))
-    await asyncio.gather(*tasks)
-    wall = time.perf_counter() - began
+    wall = await open_loop(rate, total, one)
     print(f"contributions at {rate:.0f}/s target over {pools} pool(s): {total / wall:.0f}/s achieved, "
           f"{len(errors)} errors {errors[:2]}")
     print(latency_line("POST /v1/jp/contributions", latencies_ms))
@@ -114,14 +106,7 @@ async def triggers(stack, client: BankrollClient, tag: str, count: int, rate: fl
         assert status == 201, body
 
     listener = asyncio.create_task(listen())
-    began = time.perf_counter()
-    tasks = []
-    for i in range(count):
-        delay = began + i / rate - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(i)))
-    await asyncio.gather(*tasks)
+    await open_loop(rate, count, one)
     try:
         await asyncio.wait_for(listener, 60)
     finally:

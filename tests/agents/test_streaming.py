@@ -34,3 +34,41 @@ def test_a_round_is_owned_by_the_partition_the_command_topic_would_use():
     expected = DefaultPartitioner()(key, list(range(8)), list(range(8)))
     assert owns_key(key, expected, 8)
     assert not any(owns_key(key, p, 8) for p in range(8) if p != expected)
+
+
+async def test_the_producer_flush_before_an_offset_commit_drains_every_table_write():
+    """Faust's own buffer flush gives up after 0.1 s without progress; ours waits until the
+    last message, including the one being handed over, has reached the Kafka client."""
+    import asyncio
+
+    from app.streaming import _CountingProducerBuffer, _DrainingProducer, drain
+
+    app = create_streams(Settings.from_env({"TOPIC_PARTITIONS": "1"})).app
+    assert isinstance(app.producer, _DrainingProducer)
+    assert isinstance(app.producer.buffer, _CountingProducerBuffer)
+
+    class SlowBuffer:
+        """Like Faust's: messages leave one every 0.15 s (a busy loop), and flush gives up
+        after 0.1 s without one leaving, with messages still queued."""
+
+        def __init__(self) -> None:
+            self.size, self.sending = 3, 0
+
+        async def send_all(self) -> None:
+            while self.size:
+                self.size -= 1
+                self.sending = 1
+                await asyncio.sleep(0.15)
+                self.sending = 0
+
+        async def flush(self) -> None:
+            if self.size:
+                await asyncio.sleep(0.1)
+
+    buffer = SlowBuffer()
+    sender = asyncio.create_task(buffer.send_all())
+    await buffer.flush()
+    assert buffer.size  # what Faust's flush alone leaves behind
+    await drain(buffer)
+    assert (buffer.size, buffer.sending) == (0, 0)
+    await sender
