@@ -265,7 +265,7 @@ def test_a_record_of_another_pool_is_found():
 
 
 def test_an_audit_id_naming_another_seq_or_pool_is_found():
-    for audit_id in (f"jp:{POOL}:chain:7", f"jp:pool2:chain:4", "refusal-1"):
+    for audit_id in (f"jp:{POOL}:chain:7", "jp:pool2:chain:4", "refusal-1"):
         records = list(RECORDS)
         records[4] = dataclasses.replace(records[4], audit_id=audit_id)
         verdict = verify_pool(POOL, records, HEAD)
