@@ -38,7 +38,8 @@ from app.domain.jackpot.core import (
 from app.domain.jackpot.rng import derive_server_seed, seed_commitment
 from app.domain.jackpot.state import CREDITED, PAYOUT_REQUESTED, PoolState
 from app.messages import (
-    PRUNE_POOL_OPERATIONS, READ_POOL, TOPIC_REPLY_PREFIX, CommandEnvelope, encode_ledger_batch, encode_reply, json_bytes, wallet_key,
+    PRUNE_POOL_OPERATIONS, READ_POOL, TOPIC_REPLY_PREFIX, CommandEnvelope, encode_ledger_batch, encode_reply,
+    json_bytes, wallet_key,
 )
 from app.metrics import AGENT_SECONDS, JP_CONTRIBUTIONS_REFUSED, JP_PAYOUT_SECONDS, JP_POOL_SIZE, POISON_MESSAGES
 from config import Settings

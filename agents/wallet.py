@@ -131,7 +131,8 @@ class WalletAgentDeps:
     table: MutableMapping[bytes, bytes]
     send_ledger: Callable[[bytes, bytes], Awaitable[None]]
     outputs: OutputBuffer
-    send_topic_reply: Callable[[str, bytes, bytes], Awaitable[None]]  # (topic name as given, key, value)
+    # (full topic name, key, value): stream replies, round contributions, payout answers.
+    send_to_topic: Callable[[str, bytes, bytes], Awaitable[None]]
     retention_ms: int
     rules: Rules
     scheduler: ExpiryScheduler
@@ -232,7 +233,7 @@ async def apply_envelope(deps: WalletAgentDeps, key: bytes, envelope: CommandEnv
         deps.outputs.snapshot(state.tenant_id, state.player_id, state.version, json.dumps(wallet_view(state)))
     if envelope.reply_to.startswith(TOPIC_REPLY_PREFIX):
         result = {"request_id": envelope.request_id, "code": code, "body": body}
-        await deps.send_topic_reply(envelope.reply_to[len(TOPIC_REPLY_PREFIX):], key, json.dumps(result).encode())
+        await deps.send_to_topic(envelope.reply_to[len(TOPIC_REPLY_PREFIX):], key, json.dumps(result).encode())
     elif envelope.reply_to:
         deps.outputs.reply(envelope.reply_to, encode_reply(envelope.request_id, code, body))
     AGENT_SECONDS.labels(envelope.kind).observe(time.perf_counter() - started)
@@ -249,7 +250,7 @@ async def _send_round_contributions(deps: WalletAgentDeps, envelope: CommandEnve
         )
         message = CommandEnvelope.wrap(contribute, tenant_id=envelope.tenant_id, operation_key="", request_hash="",
                                        now_ms=envelope.now_ms, reply_to="", request_id="")
-        await deps.send_topic_reply(deps.jp_commands_topic, pool_key(envelope.tenant_id, pool_id), message.encode())
+        await deps.send_to_topic(deps.jp_commands_topic, pool_key(envelope.tenant_id, pool_id), message.encode())
 
 
 def payout_envelope(message: dict) -> CommandEnvelope:
@@ -297,4 +298,4 @@ async def apply_payout_request(deps: WalletAgentDeps, key: bytes, raw: bytes) ->
                       message=body.get("error", {}).get("message", ""))
         if code == WalletResult.IDEMPOTENCY_CONFLICT:
             log.error("payout %s requested again with another amount or winner", message["idempotency_key"])
-    await deps.send_topic_reply(topic, pool_key(message["tenant_id"], message["pool_id"]), json_bytes(answer))
+    await deps.send_to_topic(topic, pool_key(message["tenant_id"], message["pool_id"]), json_bytes(answer))

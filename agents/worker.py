@@ -169,7 +169,7 @@ def build_worker(
             table=streams.wallets,
             send_ledger=resources.postings_sender(streams),
             outputs=outputs,
-            send_topic_reply=send_to_topic,
+            send_to_topic=send_to_topic,
             retention_ms=retention_ms,
             rules=rules_from_settings(settings),
             scheduler=scheduler,

@@ -209,23 +209,10 @@ def create_streams(settings: Settings, *, app_id: str | None = None) -> Streams:
         table_standby_replicas=0,
     )
     app.fetch_max_wait_ms = settings.consumer_fetch_max_wait_ms
-    wallet_commands = app.topic(
-        topic_name(settings, WALLET_COMMANDS), key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
-        partitions=settings.topic_partitions,
-    )
-    ledger_postings = app.topic(
-        topic_name(settings, LEDGER_POSTINGS), key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
-        partitions=settings.topic_partitions,
-    )
-    game_rounds = app.topic(
-        topic_name(settings, GAME_ROUNDS), key_type=bytes, value_type=bytes, key_serializer="raw",
-        value_serializer="raw", partitions=settings.topic_partitions,
-    )
-    game_round_results = app.topic(
-        topic_name(settings, GAME_ROUND_RESULTS), key_type=bytes, value_type=bytes, key_serializer="raw",
-        value_serializer="raw", partitions=settings.topic_partitions,
-    )
+
     def raw_topic(*names: str) -> Any:
+        """A topic (or a subscription to several) of raw bytes keys and values, with the
+        prefix and the partition count of every Bankroll topic."""
         return app.topic(*(topic_name(settings, n) for n in names), key_type=bytes, value_type=bytes,
                          key_serializer="raw", value_serializer="raw", partitions=settings.topic_partitions)
 
@@ -239,9 +226,9 @@ def create_streams(settings: Settings, *, app_id: str | None = None) -> Streams:
     pools = app.Table(
         POOL_TABLE, default=None, partitions=settings.topic_partitions, key_type=bytes, value_type=bytes,
     )
-    return Streams(app=app, wallet_commands=wallet_commands, ledger_postings=ledger_postings,
-                   game_rounds=game_rounds, game_round_results=game_round_results, wallet_inputs=wallet_inputs,
-                   wallets=wallets, jp_commands=raw_topic(JP_COMMANDS),
+    return Streams(app=app, wallet_commands=raw_topic(WALLET_COMMANDS), ledger_postings=raw_topic(LEDGER_POSTINGS),
+                   game_rounds=raw_topic(GAME_ROUNDS), game_round_results=raw_topic(GAME_ROUND_RESULTS),
+                   wallet_inputs=wallet_inputs, wallets=wallets, jp_commands=raw_topic(JP_COMMANDS),
                    jp_contribution_recorded=raw_topic(JP_CONTRIBUTION_RECORDED),
                    jp_payout_requested=raw_topic(JP_PAYOUT_REQUESTED), jp_payout_credited=raw_topic(JP_PAYOUT_CREDITED),
                    jp_payout_failed=raw_topic(JP_PAYOUT_FAILED), jackpot_inputs=jackpot_inputs, pools=pools)

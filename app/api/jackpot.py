@@ -35,8 +35,8 @@ async def dispatch_pool(request: web.Request, pool_id: str, kind: str, payload: 
 
 
 async def send_command(request: web.Request, pool_id: str, command: object, operation_key: str = "") -> web.Response:
-    code, reply = await dispatch_pool(request, pool_id, COMMAND_NAMES[type(command)], asdict(command),  # type: ignore[call-overload]
-                                      operation_key)
+    payload = asdict(command)  # type: ignore[call-overload]
+    code, reply = await dispatch_pool(request, pool_id, COMMAND_NAMES[type(command)], payload, operation_key)
     return result_response(code, reply)
 
 

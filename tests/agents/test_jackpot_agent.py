@@ -174,7 +174,7 @@ def wallet_deps(out: Outputs) -> WalletAgentDeps:
     async def send_ledger(key: bytes, value: bytes) -> None:
         out.ledger.append((key, value))
 
-    return WalletAgentDeps(table={}, send_ledger=send_ledger, outputs=OutputBuffer(out.flush), send_topic_reply=out.send,
+    return WalletAgentDeps(table={}, send_ledger=send_ledger, outputs=OutputBuffer(out.flush), send_to_topic=out.send,
                            retention_ms=3_600_000, rules=w.Rules(), scheduler=ExpiryScheduler())
 
 

@@ -98,7 +98,7 @@ async def test_an_undecodable_message_is_skipped_not_fatal():
     async def send(key: bytes, value: bytes) -> None:
         raise AssertionError("nothing may be emitted for a poison message")
 
-    deps = WalletAgentDeps(table={}, send_ledger=send, outputs=OutputBuffer(publish), send_topic_reply=send,
+    deps = WalletAgentDeps(table={}, send_ledger=send, outputs=OutputBuffer(publish), send_to_topic=send,
                            retention_ms=1, rules=Rules(), scheduler=ExpiryScheduler())
     before = POISON_MESSAGES._value.get()
     await handle_wallet_message(deps, b"dev|p1", b"\xc1 not msgpack")
