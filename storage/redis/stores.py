@@ -5,27 +5,20 @@ import redis.asyncio as aioredis
 
 # Store the snapshot only when it is not older than the cached one, so a late write from
 # a worker that just lost the partition cannot roll a balance back.
-_PUT_IF_NEWER = """
+_STORE_IF_NEWER = """
 local current = redis.call('HGET', KEYS[1], 'version')
 if current and tonumber(current) > tonumber(ARGV[1]) then
   return 0
 end
 redis.call('HSET', KEYS[1], 'version', ARGV[1], 'json', ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
-return 1
 """
-
+_PUT_IF_NEWER = _STORE_IF_NEWER + "return 1\n"
 
 # The pool snapshot's write also indexes the pool for listing and publishes the snapshot,
 # in one script, so a widget subscribed to the tenant's channel never misses a stored
 # version and never sees one that lost to a newer write.
-_PUT_POOL_IF_NEWER = """
-local current = redis.call('HGET', KEYS[1], 'version')
-if current and tonumber(current) > tonumber(ARGV[1]) then
-  return 0
-end
-redis.call('HSET', KEYS[1], 'version', ARGV[1], 'json', ARGV[2])
-redis.call('EXPIRE', KEYS[1], ARGV[3])
+_PUT_POOL_IF_NEWER = _STORE_IF_NEWER + """
 redis.call('SADD', KEYS[2], ARGV[4])
 redis.call('PUBLISH', KEYS[3], ARGV[2])
 return 1
