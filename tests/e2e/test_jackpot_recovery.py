@@ -12,7 +12,7 @@ import pytest
 from app.domain.jackpot.core import ledger_conservation, payout_account
 from tests.e2e.helpers import Ledger, cash, create_player, uid
 from tests.e2e.test_jackpot_api import config_of, create_pool, pool, pool_postings
-from tests.e2e.test_recovery import _done_at_least, wait_until
+from tests.e2e.test_recovery import kill_9_midway, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -43,19 +43,8 @@ async def test_kill_9_while_pools_take_contributions_and_pay_counts_and_pays_eve
     bodies = [{"contribution_id": uid("c"), "brand_id": "b1", "pool_id": pool_ids[i % 3], "round_id": uid("r"),
                "player_id": players[i % len(players)], "bet": {"amount": BET, "currency": "EUR"}}
               for i in range(240)]
-    semaphore = asyncio.Semaphore(16)
-
-    async def send(body):
-        async with semaphore:
-            return await client.call("POST", "/v1/jp/contributions", body)
-
-    tasks = [asyncio.create_task(send(b)) for b in bodies]
-    await wait_until(lambda: _done_at_least(tasks, len(tasks) // 4), 30, "a quarter of the contributions answered")
-    for name in list(stack.workers):
-        stack.kill_worker(name)
-    stack.start_worker(uid("worker"))
-    answered_before = await asyncio.gather(*tasks, return_exceptions=True)
-    await asyncio.get_running_loop().run_in_executor(None, stack.wait_ready)
+    answered_before = await kill_9_midway(stack, lambda body: client.call("POST", "/v1/jp/contributions", body),
+                                          bodies)
 
     # Every contribution again, then once more: the answers must be the first ones, also
     # for those answered before the worker died.

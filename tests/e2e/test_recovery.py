@@ -118,20 +118,7 @@ async def test_kill_9_mid_stream_loses_and_doubles_nothing(stack, client):
             hooks.append(webhook_body(deposit_id, amount, fee=fee))
             expected[player] += amount - fee
 
-    semaphore = asyncio.Semaphore(16)
-
-    async def send(hook):
-        async with semaphore:
-            return await client.psp_webhook("sandbox", "sandbox-secret", hook)
-
-    tasks = [asyncio.create_task(send(h)) for h in hooks]
-    await wait_until(lambda: _done_at_least(tasks, len(tasks) // 4), 30, "a quarter of the webhooks answered")
-    for name in list(stack.workers):
-        stack.kill_worker(name)
-    stack.start_worker(uid("worker"))
-    await asyncio.gather(*tasks, return_exceptions=True)
-
-    await asyncio.get_running_loop().run_in_executor(None, stack.wait_ready)
+    await kill_9_midway(stack, lambda hook: client.psp_webhook("sandbox", "sandbox-secret", hook), hooks)
     await settle_all(client, hooks)
     await settle_all(client, hooks)  # every webhook delivered once more: a duplicate storm
 
@@ -155,6 +142,26 @@ async def test_kill_9_mid_stream_loses_and_doubles_nothing(stack, client):
 
 async def _done_at_least(tasks, n: int) -> bool:
     return sum(t.done() for t in tasks) >= n
+
+
+async def kill_9_midway(stack, send, items: list, concurrency: int = 16) -> list:
+    """Send every item (16 at a time); once a quarter are answered, kill -9 every worker
+    and start a fresh one. Returns each send's answer, or the exception it ended in, once
+    the new worker serves every partition."""
+    semaphore = asyncio.Semaphore(concurrency)
+
+    async def one(item):
+        async with semaphore:
+            return await send(item)
+
+    tasks = [asyncio.create_task(one(item)) for item in items]
+    await wait_until(lambda: _done_at_least(tasks, len(tasks) // 4), 30, "a quarter of the requests answered")
+    for name in list(stack.workers):
+        stack.kill_worker(name)
+    stack.start_worker(uid("worker"))
+    answers = await asyncio.gather(*tasks, return_exceptions=True)
+    await asyncio.get_running_loop().run_in_executor(None, stack.wait_ready)
+    return answers
 
 
 async def test_a_new_worker_recovers_every_record_of_multi_record_changelog_batches(stack, client):
