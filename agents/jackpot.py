@@ -1,51 +1,46 @@
-"""The jackpot agent, keyed by tenant|pool: load the pool record, decide, store, emit.
+"""The jackpot agent, keyed by tenant|pool: a batch at a time, load the pool records,
+decide, commit, emit (see agents/batch.py).
 
-Operation records live beside the pool record, not in it. A busy pool takes hundreds of
-contributions a second, and each contribution's record (result, postings, audit) is a few
-hundred bytes, so a pool record holding the ids of the retention period would be
-rewritten in full, megabytes long, on every contribution. Instead each operation's record
-is stored under its own key, tenant|pool|op|{operation key}, in the same table, hence in
-the same changelog partition.
+A busy pool takes hundreds of contributions a second, so the pool record carries no
+operation answers at all: each operation's answer (result, postings, payouts, audit) is
+stored in PostgreSQL with the batch that made it, and a command whose operation key the
+batch has not answered itself is looked up there, once per batch for all of them.
 
-The pool record is written first and carries the record of the operation its decision
-made (only that one); the operation's own key is written next. Faust sends both
-changelog writes through one producer to one partition, in order, so after a crash
-either both are stored, neither, or only the pool record. Whenever a pool record is
-loaded, the operation record it carries is written to its own key if that key is
-missing. So a stored operation record always means its operation was applied, and a
-redelivered command finds it whatever other messages (payout answers, ticks) the agent
-handled for the pool in between.
-
-Everything that leaves the agent (postings and audit chain records, payout requests,
-`jp.contribution.recorded`, the pool snapshot and the reply) is emitted after the records
-are written, and emitted again when a replayed command finds its operation recorded; a
-replay asks the wallet again only for wins that are still waiting for it."""
+Everything that leaves the agent (payout requests, `jp.contribution.recorded`, the pool
+snapshot and the reply) leaves after the batch is committed. A replay emits what the
+first run emitted, except postings and audit records (stored with the answer already)
+and payout requests for wins that are no longer waiting for the wallet."""
 from __future__ import annotations
 
 import dataclasses
 import json
 import logging
 import time
-from dataclasses import dataclass
-from typing import Awaitable, Callable, Iterable, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
 
-from agents.wallet import POOL_SNAPSHOT, ExpiryScheduler, OutputBuffer
-from app.domain.jackpot.codec import decode_operation, decode_state, encode_operation, encode_state, operation_at_ms
+from agents.batch import Message, RecordTable, Sender, commit_durably, positions_of
+from agents.wallet import POOL_SNAPSHOT, ExpiryScheduler, OutputBuffer, owns_key, partition_of, poison as _poison
+from app.domain.jackpot.codec import decode_operation, decode_state, encode_operation, encode_state
 from app.domain.jackpot.core import (
     Command, Context, Contribute, CreatePool, Decision, JackpotResult, PayoutCredited, PayoutFailed, Rules, decide,
     evolve, next_timer_ms, operation_key, pool_view,
 )
 from app.domain.jackpot.rng import derive_server_seed, seed_commitment
-from app.domain.jackpot.state import CREDITED, PAYOUT_REQUESTED, PoolState
+from app.domain.jackpot.state import CREDITED, PAYOUT_REQUESTED, OperationRecord, PoolState
 from app.messages import (
-    PRUNE_POOL_OPERATIONS, READ_POOL, TOPIC_REPLY_PREFIX, CommandEnvelope, encode_ledger_batch, encode_reply,
-    json_bytes, wallet_key,
+    PRUNE_POOL_OPERATIONS, READ_POOL, TOPIC_REPLY_PREFIX, CommandEnvelope, encode_reply, json_bytes, wallet_key,
 )
-from app.metrics import AGENT_SECONDS, JP_CONTRIBUTIONS_REFUSED, JP_PAYOUT_SECONDS, JP_POOL_SIZE, POISON_MESSAGES
+from app.metrics import AGENT_SECONDS, JP_CONTRIBUTIONS_REFUSED, JP_PAYOUT_SECONDS, JP_POOL_SIZE
 from config import Settings
+from storage.ports import AgentStore, AnswerWrite, BatchCommit, RecordWrite, StaleRecords
 
 log = logging.getLogger("bankroll.jackpot")
 
+AGENT = "pool"
+MAX_DECISION_ROUNDS = 10
+# Keys tenant|pool|op|{operation} held operation records beside the pool record before
+# answers moved to PostgreSQL; a table restored from an old changelog may still have them.
 OPERATION_MARK = b"|op|"
 
 
@@ -56,10 +51,6 @@ def rules_from_settings(settings: Settings) -> Rules:
         max_payout_attempts=settings.jackpot_max_payout_attempts,
         closed_win_retention_ms=settings.jackpot_closed_win_retention_s * 1000,
     )
-
-
-def operation_store_key(key: bytes, operation: str) -> bytes:
-    return key + OPERATION_MARK + operation.encode()
 
 
 def is_pool_key(key: bytes) -> bool:
@@ -77,87 +68,29 @@ def pool_deadline(rules: Rules) -> Callable[[bytes], int | None]:
 
 @dataclass
 class JackpotAgentDeps:
-    table: MutableMapping[bytes, bytes]
-    send_ledger: Callable[[bytes, bytes], Awaitable[None]]
+    table: RecordTable
+    store: AgentStore
     # (full topic name, key, value): payout requests, contribution events, stream replies.
-    send: Callable[[str, bytes, bytes], Awaitable[None]]
+    send: Sender
     outputs: OutputBuffer
     seed_secret: bytes
     retention_ms: int
     rules: Rules
     scheduler: ExpiryScheduler
+    partitions: int
+    commands_topic: str = "jp.commands"
     payout_requested_topic: str = "jp.payout.requested"
+    payout_credited_topic: str = "jp.payout.credited"
+    payout_failed_topic: str = "jp.payout.failed"
     contribution_recorded_topic: str = "jp.contribution.recorded"
 
 
-def load_pool(table: MutableMapping[bytes, bytes], key: bytes) -> PoolState:
+def load_pool(table: RecordTable, key: bytes) -> PoolState:
     raw = table.get(key)
     if raw is not None:
         return decode_state(raw)
     tenant_id, pool_id = key.decode().split("|", 1)
     return PoolState.empty(tenant_id, pool_id)
-
-
-def poison(key: bytes, exc: Exception) -> None:
-    # Stopping here would stall every pool on the partition behind one bad message.
-    POISON_MESSAGES.inc()
-    log.error("skipping undecodable jackpot message (key %r): %r", key, exc)
-
-
-def load_for_decision(deps: JackpotAgentDeps, key: bytes) -> PoolState:
-    """The pool record without operation records, after making sure the one it carries
-    (the last decision's) is stored under its own key: a crash may have come between the
-    two writes."""
-    state = load_pool(deps.table, key)
-    for operation, record in state.operations.items():
-        op_key = operation_store_key(key, operation)
-        if op_key not in deps.table:
-            deps.table[op_key] = encode_operation(state.version, record)
-    return dataclasses.replace(state, operations={})
-
-
-def _with_recorded(deps: JackpotAgentDeps, key: bytes, state: PoolState, operation: str) -> PoolState:
-    """The pool record as decide expects it: with the operation's record if it has one."""
-    raw = deps.table.get(operation_store_key(key, operation)) if operation else None
-    if raw is None:
-        return state
-    _, record = decode_operation(raw)
-    return dataclasses.replace(state, operations={operation: record})
-
-
-async def decide_and_store(deps: JackpotAgentDeps, key: bytes, state: PoolState, command: Command,
-                           ctx: Context) -> tuple[PoolState, Decision]:
-    """Decide on a pool record loaded by load_for_decision; store what changed."""
-    operation = operation_key(command, ctx)
-    decision = decide(_with_recorded(deps, key, state, operation), command, ctx)
-    if decision.events:
-        new_state = evolve(state, decision.events)
-        recorded = new_state.operations.get(operation) if operation else None
-        deps.table[key] = encode_state(new_state)
-        if recorded is not None:
-            deps.table[operation_store_key(key, operation)] = encode_operation(new_state.version, recorded)
-        state = dataclasses.replace(new_state, operations={})
-        deps.scheduler.schedule(key, next_timer_ms(state, deps.rules))
-    return state, decision
-
-
-async def emit(deps: JackpotAgentDeps, key: bytes, state: PoolState, command: Command, decision: Decision,
-               ctx: Context) -> None:
-    if decision.postings or decision.audit:
-        await deps.send_ledger(key, encode_ledger_batch(decision.postings, decision.audit))
-    for payout in decision.payouts:
-        win = state.wins.get(payout.trigger_id)
-        if decision.replayed and (win is None or win.state != PAYOUT_REQUESTED or win.attempt != payout.attempt):
-            # Credited, failed or retried since: asking again now could pay a win twice
-            # once the wallet has forgotten its key, or pay one an operator must look at.
-            continue
-        await deps.send(deps.payout_requested_topic, wallet_key(payout.tenant_id, payout.player_id),
-                        json_bytes(payout.to_message()))
-    if isinstance(command, Contribute) and decision.outcome.ok:
-        event = {**decision.outcome.body, "tenant_id": ctx.tenant_id, "bet": command.bet_minor,
-                 "recorded_at_ms": ctx.now_ms}
-        await deps.send(deps.contribution_recorded_topic, key, json_bytes(event))
-    publish_snapshot(deps, state)
 
 
 def publish_snapshot(deps: JackpotAgentDeps, state: PoolState) -> None:
@@ -177,13 +110,108 @@ def context(deps: JackpotAgentDeps, state: PoolState, envelope: CommandEnvelope)
     )
 
 
-async def apply_jackpot_envelope(deps: JackpotAgentDeps, key: bytes, envelope: CommandEnvelope) -> None:
-    started = time.perf_counter()
+def saga_command(credited: bool, message: dict) -> PayoutCredited | PayoutFailed:
+    if credited:
+        return PayoutCredited(trigger_id=message["trigger_id"], amount_minor=message["amount"])
+    return PayoutFailed(trigger_id=message["trigger_id"], attempt=message["attempt"], reason=message["reason"],
+                        retryable=bool(message.get("retryable", False)))
+
+
+@dataclass
+class _Item:
+    key: bytes
+    envelope: CommandEnvelope | None = None  # a command or a read on jp.commands
+    saga: PayoutCredited | PayoutFailed | None = None  # the wallet's answer to a payout request
+    answered_at_ms: int = 0
+
+
+@dataclass
+class _Decided:
+    states: dict[bytes, PoolState] = field(default_factory=dict)
+    loaded_versions: dict[bytes, int] = field(default_factory=dict)
+    changed: set[bytes] = field(default_factory=set)
+    postings: list = field(default_factory=list)
+    audit: list = field(default_factory=list)
+    answers: dict[tuple[bytes, str], tuple[int, OperationRecord]] = field(default_factory=dict)
+    sends: list[tuple[str, bytes, bytes]] = field(default_factory=list)
+    replies: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+def parse(deps: JackpotAgentDeps, messages: Sequence[Message], sends: list) -> list[_Item]:
+    items: list[_Item] = []
+    for m in messages:
+        if not (isinstance(m.key, bytes) and b"|" in m.key):
+            _poison(m.key, ValueError(f"a message without a tenant|id key on {m.topic}"))
+            continue
+        if not owns_key(m.key, m.partition, deps.partitions):
+            # Partitioned otherwise by its producer: sent again with the default
+            # partitioner, so the actor that owns the pool applies it.
+            sends.append((m.topic, m.key, m.value))
+            continue
+        try:
+            if m.topic == deps.commands_topic:
+                envelope = CommandEnvelope.decode(m.value)
+                if envelope.kind in (READ_POOL, PRUNE_POOL_OPERATIONS):
+                    items.append(_Item(m.key, envelope))
+                else:
+                    envelope.command()  # refused here, as a poison message, if it cannot be built
+                    items.append(_Item(m.key, envelope))
+            else:
+                message = json.loads(m.value)
+                saga = saga_command(m.topic == deps.payout_credited_topic, message)
+                items.append(_Item(m.key, saga=saga, answered_at_ms=int(message["answered_at_ms"])))
+        except Exception as exc:
+            _poison(m.key, exc)
+    return items
+
+
+async def decide_batch(deps: JackpotAgentDeps, items: Sequence[_Item], sends: list) -> _Decided:
+    decided = _Decided(sends=sends)
+    for item in items:
+        if item.key not in decided.states:
+            state = load_pool(deps.table, item.key)
+            decided.states[item.key] = state
+            decided.loaded_versions[item.key] = state.version
+    wanted = set()
+    for item in items:
+        if item.envelope is not None and item.envelope.kind not in (READ_POOL, PRUNE_POOL_OPERATIONS):
+            ctx = context(deps, decided.states[item.key], item.envelope)
+            key = operation_key(item.envelope.command(), ctx)
+            if key:
+                wanted.add((item.key, key))
+    stored = {pair: decode_operation(raw) for pair, raw in (await deps.store.answers(AGENT, wanted)).items()}
+    for item in items:
+        started = time.perf_counter()
+        if item.saga is not None:
+            _decide_saga(deps, decided, item.key, item.saga, item.answered_at_ms)
+            kind = "jp_payout_credited" if isinstance(item.saga, PayoutCredited) else "jp_payout_failed"
+        elif item.envelope is not None:
+            _decide_command(deps, decided, item.key, item.envelope, stored)
+            kind = item.envelope.kind
+        AGENT_SECONDS.labels(kind).observe(time.perf_counter() - started)
+    return decided
+
+
+def _apply(decided: _Decided, key: bytes, state: PoolState, decision: Decision, operation: str) -> PoolState:
+    """The pool record after the decision, without operation answers (those are stored
+    apart); the decision's own answer goes to the batch's answers."""
+    if not decision.events:
+        return state
+    evolved = evolve(state, decision.events)
+    recorded = evolved.operations.get(operation) if operation else None
+    if recorded is not None and not decision.replayed:
+        decided.answers[(key, operation)] = (evolved.version, recorded)
+    state = dataclasses.replace(evolved, operations={})
+    decided.states[key] = state
+    decided.changed.add(key)
+    return state
+
+
+def _decide_command(deps: JackpotAgentDeps, decided: _Decided, key: bytes, envelope: CommandEnvelope,
+                    stored: dict[tuple[bytes, str], tuple[int, OperationRecord]]) -> None:
+    state = decided.states[key]
     if envelope.kind == PRUNE_POOL_OPERATIONS:
-        await prune_operations(deps, (k.encode() for k in envelope.payload.get("keys", ())
-                                      if k.encode().startswith(key + OPERATION_MARK)))
-        return
-    state = load_for_decision(deps, key)
+        return  # answers are pruned in PostgreSQL now; a command of an older version asks for nothing
     if envelope.kind == READ_POOL:
         if state.exists:
             code, body = str(JackpotResult.OK), pool_view(state)
@@ -191,17 +219,21 @@ async def apply_jackpot_envelope(deps: JackpotAgentDeps, key: bytes, envelope: C
             code = str(JackpotResult.POOL_NOT_FOUND)
             body = {"error": {"code": code, "message": "no such pool"}}
     else:
-        try:
-            command = envelope.command()
-        except Exception as exc:
-            poison(key, exc)
-            return
+        command: Command = envelope.command()
         ctx = context(deps, state, envelope)
         if isinstance(command, CreatePool):
             # The seed is the engine's; the admin never sees it, only its commitment.
             command = dataclasses.replace(command, server_seed_hash=seed_commitment(ctx.server_seed))
-        state, decision = await decide_and_store(deps, key, state, command, ctx)
-        await emit(deps, key, state, command, decision, ctx)
+        operation = operation_key(command, ctx)
+        recorded = (decided.answers.get((key, operation)) or stored.get((key, operation))) if operation else None
+        view = state if recorded is None else dataclasses.replace(state, operations={operation: recorded[1]})
+        decision = decide(view, command, ctx)
+        state = _apply(decided, key, state, decision, operation)
+        if not decision.replayed:
+            # A replay's postings and audit records were stored with its answer.
+            decided.postings.extend(decision.postings)
+            decided.audit.extend(decision.audit)
+        _emit(deps, decided, key, state, command, decision, ctx)
         code, body = str(decision.outcome.code), decision.outcome.body
         if isinstance(command, Contribute) and not decision.outcome.ok:
             JP_CONTRIBUTIONS_REFUSED.labels(code).inc()
@@ -210,63 +242,93 @@ async def apply_jackpot_envelope(deps: JackpotAgentDeps, key: bytes, envelope: C
                 log.info("pool %r refused contribution %s: %s", key, command.contribution_id, code)
     if envelope.reply_to.startswith(TOPIC_REPLY_PREFIX):
         result = {"request_id": envelope.request_id, "code": code, "body": body}
-        await deps.send(envelope.reply_to[len(TOPIC_REPLY_PREFIX):], key, json_bytes(result))
+        decided.sends.append((envelope.reply_to[len(TOPIC_REPLY_PREFIX):], key, json_bytes(result)))
     elif envelope.reply_to:
-        deps.outputs.reply(envelope.reply_to, encode_reply(envelope.request_id, code, body))
-    AGENT_SECONDS.labels(envelope.kind).observe(time.perf_counter() - started)
+        decided.replies.append((envelope.reply_to, encode_reply(envelope.request_id, code, body)))
 
 
-def saga_command(credited: bool, message: dict) -> PayoutCredited | PayoutFailed:
-    if credited:
-        return PayoutCredited(trigger_id=message["trigger_id"], amount_minor=message["amount"])
-    return PayoutFailed(trigger_id=message["trigger_id"], attempt=message["attempt"], reason=message["reason"],
-                        retryable=bool(message.get("retryable", False)))
+def _emit(deps: JackpotAgentDeps, decided: _Decided, key: bytes, state: PoolState, command: Command,
+          decision: Decision, ctx: Context) -> None:
+    for payout in decision.payouts:
+        win = state.wins.get(payout.trigger_id)
+        if decision.replayed and (win is None or win.state != PAYOUT_REQUESTED or win.attempt != payout.attempt):
+            # Credited, failed or retried since: asking again now could pay a win twice
+            # once the wallet has forgotten its key, or pay one an operator must look at.
+            continue
+        decided.sends.append((deps.payout_requested_topic, wallet_key(payout.tenant_id, payout.player_id),
+                              json_bytes(payout.to_message())))
+    if isinstance(command, Contribute) and decision.outcome.ok:
+        event = {**decision.outcome.body, "tenant_id": ctx.tenant_id, "bet": command.bet_minor,
+                 "recorded_at_ms": ctx.now_ms}
+        decided.sends.append((deps.contribution_recorded_topic, key, json_bytes(event)))
 
 
-async def apply_payout_answer(deps: JackpotAgentDeps, key: bytes, raw: bytes, credited: bool) -> None:
+def _decide_saga(deps: JackpotAgentDeps, decided: _Decided, key: bytes, command: PayoutCredited | PayoutFailed,
+                 answered_at_ms: int) -> None:
     """`jp.payout.credited` / `jp.payout.failed` from the wallet agent. Idempotent by the
     win's state: a duplicate, late or stale answer changes nothing."""
-    started = time.perf_counter()
-    try:
-        message = json.loads(raw)
-        command = saga_command(credited, message)
-        answered_at_ms = int(message["answered_at_ms"])
-    except Exception as exc:
-        poison(key, exc)
-        return
-    state = load_for_decision(deps, key)
+    state = decided.states[key]
     if not state.exists:
         log.error("payout answer for an unknown pool %r (trigger %s)", key, command.trigger_id)
         return
-    ctx = Context(tenant_id=state.tenant_id, now_ms=answered_at_ms, retention_ms=deps.retention_ms, rules=deps.rules)
+    ctx = Context(tenant_id=state.tenant_id, now_ms=answered_at_ms, retention_ms=deps.retention_ms,
+                  rules=deps.rules)
     before = state.wins.get(command.trigger_id)
-    state, decision = await decide_and_store(deps, key, state, command, ctx)
+    decision = decide(state, command, ctx)
+    state = _apply(decided, key, state, decision, "")
+    decided.postings.extend(decision.postings)
+    decided.audit.extend(decision.audit)
+    _emit(deps, decided, key, state, command, decision, ctx)
     after = state.wins.get(command.trigger_id)
+    credited = isinstance(command, PayoutCredited)
     if credited and before is not None and before.state != CREDITED and after is not None and after.state == CREDITED:
         JP_PAYOUT_SECONDS.observe(max(0, ctx.now_ms - before.created_at_ms) / 1000)
-    if decision.events:
-        publish_snapshot(deps, state)
-    elif not decision.outcome.ok:
+    if not decision.events and not decision.outcome.ok:
         # A stale or duplicate answer (e.g. for a win credited and pruned since): harmless.
         log.info("payout answer for %r trigger %s not applied: %s", key, command.trigger_id, decision.outcome.code)
-    AGENT_SECONDS.labels("jp_payout_credited" if credited else "jp_payout_failed").observe(
-        time.perf_counter() - started)
 
 
-async def prune_operations(deps: JackpotAgentDeps, keys: Iterable[bytes]) -> None:
-    """Drop operation records past the retention period. Runs in the agent, on the
-    partition of their pool, because table writes need the partition's context."""
-    for op_key in keys:
-        raw = deps.table.get(op_key)
-        if raw is not None:
-            del deps.table[op_key]
+def commit_of(deps: JackpotAgentDeps, decided: _Decided, messages: Sequence[Message]) -> BatchCommit:
+    records = [RecordWrite(key, decided.states[key].tenant_id, partition_of(key, deps.partitions),
+                           decided.loaded_versions[key], decided.states[key].version,
+                           encode_state(decided.states[key])) for key in decided.changed]
+    answers = [AnswerWrite(key, operation, decided.states[key].tenant_id, encode_operation(version, record),
+                           record.at_ms) for (key, operation), (version, record) in decided.answers.items()]
+    return BatchCommit(agent=AGENT, consumer=AGENT, postings=decided.postings, audit=decided.audit, records=records,
+                       answers=answers, positions=positions_of(messages))
 
 
-def expired_operations(records: Iterable[tuple[bytes, bytes]], cutoff_ms: int) -> dict[bytes, list[bytes]]:
-    """Operation records older than the cutoff, by the pool they belong to."""
-    out: dict[bytes, list[bytes]] = {}
-    for key, raw in records:
-        if raw and not is_pool_key(key):
-            if operation_at_ms(raw) < cutoff_ms:
-                out.setdefault(key.split(OPERATION_MARK, 1)[0], []).append(key)
-    return out
+async def run_batch(deps: JackpotAgentDeps, messages: Sequence[Message]) -> None:
+    for _ in range(MAX_DECISION_ROUNDS):
+        sends: list[tuple[str, bytes, bytes]] = []
+        items = parse(deps, messages, sends)
+        decided = await decide_batch(deps, items, sends)
+        commit = commit_of(deps, decided, messages)
+        try:
+            await commit_durably(deps.store, commit)
+            break
+        except StaleRecords as exc:
+            fresh = await deps.store.records_of(AGENT, exc.keys)
+            deps.table.load([(key, raw) for key, (_, raw) in fresh.items()])
+            log.warning("pool records changed under a batch, deciding it again: %s", exc)
+    else:
+        raise RuntimeError(f"a jackpot batch was refused {MAX_DECISION_ROUNDS} times in a row")
+    by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
+    for write in commit.records:
+        by_partition.setdefault(write.partition, []).append((write.key, write.record))
+    for partition, records in by_partition.items():
+        deps.table.write(partition, records)
+    for key in decided.changed:
+        deps.scheduler.schedule(key, next_timer_ms(decided.states[key], deps.rules))
+    for state in decided.states.values():
+        publish_snapshot(deps, state)
+    for channel, payload in decided.replies:
+        deps.outputs.reply(channel, payload)
+    for topic, key, value in decided.sends:
+        await deps.send(topic, key, value)
+
+
+def pool_records(items: Sequence[tuple[bytes, Any]]) -> list[tuple[bytes, bytes]]:
+    """The pool records among a table's entries (not the operation records an older
+    version kept beside them)."""
+    return [(key, raw) for key, raw in items if raw and is_pool_key(key)]

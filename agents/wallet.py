@@ -1,35 +1,50 @@
-"""The wallet agent, keyed by tenant|player: load the record, decide, store, emit.
+"""The wallet agent, keyed by tenant|player: a batch at a time, load the records, decide,
+commit, emit (see agents/batch.py for the shape every batched agent has).
 
-Everything that leaves the agent (postings and audit records, cache snapshot, reply) is
-emitted after the record is written, and emitted again when a replayed command finds
-its operation id already recorded: the first run's outputs may never have left the
-process."""
+Each record keeps a short window of recent answers; a command whose operation key is not
+in the window is looked up among the stored answers, once per batch for all of them, and
+so are the claims of the ids the batch's commands create or name. Everything that leaves
+the agent (changelog writes, cache snapshots, replies, messages to the jackpot agent)
+leaves after the batch is committed to PostgreSQL, so an answer a client holds is durable."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import heapq
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
-from typing import Awaitable, Callable, Iterable, MutableMapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, Awaitable, Callable, Iterable, Sequence
 
+import msgpack
 from aiokafka.partitioner import DefaultPartitioner
 
+from agents.batch import Message, RecordTable, Sender, commit_durably, positions_of
+from app.api.validation import InvalidRequest
 from app.domain.jackpot.core import Contribute
 from app.domain.wallet.codec import decode_state, encode_state
 from app.domain.wallet.core import (
-    RETRYABLE_JACKPOT_REFUSALS, Context, CreditJackpot, PlayRound, Rules, WalletResult, WalletState, decide, evolve,
-    limits_view, wallet_view, withdrawal_view,
+    CLAIMING, RETRYABLE_JACKPOT_REFUSALS, Context, CreditJackpot, PlayRound, Rules, WalletResult, WalletState,
+    claim_of, decide, evolve, limits_view, wallet_view, withdrawal_view,
 )
+from app.domain.wallet.state import OperationRecord
 from app.messages import (
-    READ_KINDS, READ_LIMITS, READ_WALLET, TOPIC_REPLY_PREFIX, CommandEnvelope, encode_ledger_batch, encode_reply,
-    json_bytes, pool_key, request_hash, wallet_key,
+    READ_KINDS, READ_LIMITS, READ_WALLET, TOPIC_REPLY_PREFIX, CommandEnvelope, encode_reply, json_bytes, pool_key,
+    request_hash, wallet_key,
 )
-from app.metrics import AGENT_SECONDS, POISON_MESSAGES
+from app.metrics import AGENT_SECONDS, POISON_MESSAGES, ROUNDS_REJECTED
+from app.rounds import parse_round
 from config import Settings
+from storage.ports import AgentStore, AnswerWrite, BatchCommit, Claim, ClaimTaken, RecordWrite, StaleRecords
 
 log = logging.getLogger("bankroll.wallet")
+
+AGENT = "wallet"
+# How often a batch is decided again after a refused commit (a record another worker
+# wrote, an id another player claimed) before the agent gives up: each refusal means a
+# rebalance moved keys under the batch, which settles within a few tries.
+MAX_DECISION_ROUNDS = 10
 
 
 def rules_from_settings(settings: Settings) -> Rules:
@@ -40,6 +55,9 @@ def rules_from_settings(settings: Settings) -> Rules:
         max_deposits_per_hour=settings.max_deposits_per_hour,
         max_withdrawals_per_hour=settings.max_withdrawals_per_hour,
         blocked_destinations=settings.blocked_payout_destinations,
+        operation_window_ms=settings.idempotency_window_s * 1000,
+        operation_window_count=settings.idempotency_window_ops,
+        closed_kept_per_kind=settings.closed_items_kept,
     )
 
 
@@ -128,21 +146,36 @@ class OutputBuffer:
 
 @dataclass
 class WalletAgentDeps:
-    table: MutableMapping[bytes, bytes]
-    send_ledger: Callable[[bytes, bytes], Awaitable[None]]
+    table: RecordTable
+    store: AgentStore
     outputs: OutputBuffer
     # (full topic name, key, value): stream replies, round contributions, payout answers.
-    send_to_topic: Callable[[str, bytes, bytes], Awaitable[None]]
+    send_to_topic: Sender
     retention_ms: int
     rules: Rules
     scheduler: ExpiryScheduler
-    # Full topic names of the jackpot topics the wallet writes to (TOPIC_PREFIX applied).
+    partitions: int
+    # Full topic names (TOPIC_PREFIX applied).
+    commands_topic: str = "wallet.commands"
+    rounds_topic: str = "game.rounds"
+    results_topic: str = "game.rounds.results"
+    payout_requested_topic: str = "jp.payout.requested"
     jp_commands_topic: str = "jp.commands"
     jp_credited_topic: str = "jp.payout.credited"
     jp_failed_topic: str = "jp.payout.failed"
 
 
-def load_state(table: MutableMapping[bytes, bytes], key: bytes, tenant_id: str) -> WalletState:
+def encode_answer(record: OperationRecord) -> bytes:
+    """A stored answer of the wallet: what a replay needs (request hash, code, body, time)."""
+    return msgpack.packb([record.request_hash, record.code, record.body, record.at_ms], use_bin_type=True)
+
+
+def decode_answer(raw: bytes) -> OperationRecord:
+    request, code, body, at_ms = msgpack.unpackb(raw, raw=False)
+    return OperationRecord(request, code, body, at_ms)
+
+
+def load_state(table: RecordTable, key: bytes, tenant_id: str) -> WalletState:
     raw = table.get(key)
     if raw is not None:
         return decode_state(raw)
@@ -164,20 +197,11 @@ def _read(state: WalletState, envelope: CommandEnvelope) -> tuple[str, dict]:
     return str(WalletResult.OK), withdrawal_view(withdrawal)
 
 
-def _poison(key: bytes, exc: Exception) -> None:
+def poison(key: Any, exc: Exception) -> None:
     # A message no Bankroll process could have written. Stopping here would stall every
     # player on the partition behind it, so it is counted, logged and passed over.
     POISON_MESSAGES.inc()
-    log.error("skipping undecodable wallet command (key %r): %r", key, exc)
-
-
-async def handle_wallet_message(deps: WalletAgentDeps, key: bytes, value: bytes) -> None:
-    try:
-        envelope = CommandEnvelope.decode(value)
-    except Exception as exc:
-        _poison(key, exc)
-        return
-    await apply_envelope(deps, key, envelope)
+    log.error("skipping an undecodable wallet message (key %r): %r", key, exc)
 
 
 def partition_of(key: bytes, partitions: int) -> int:
@@ -195,64 +219,6 @@ def owns_key(key: bytes, partition: int, partitions: int) -> bool:
 _PARTITIONER = DefaultPartitioner()
 
 
-async def apply_envelope(deps: WalletAgentDeps, key: bytes, envelope: CommandEnvelope) -> tuple[str, dict] | None:
-    """Apply one command and emit its outputs; returns the result (code, body), or None
-    for a message that could not be decoded."""
-    started = time.perf_counter()
-    try:
-        command = None if envelope.kind in READ_KINDS else envelope.command()
-    except Exception as exc:
-        _poison(key, exc)
-        return None
-    state = load_state(deps.table, key, envelope.tenant_id)
-
-    if command is None:
-        code, body = _read(state, envelope)
-    else:
-        ctx = Context(
-            tenant_id=envelope.tenant_id,
-            operation_key=envelope.operation_key,
-            request_hash=envelope.request_hash,
-            now_ms=envelope.now_ms,
-            retention_ms=deps.retention_ms,
-            rules=deps.rules,
-        )
-        decision = decide(state, command, ctx)
-        if decision.events:
-            state = evolve(state, decision.events)
-            deps.table[key] = encode_state(state)
-            deps.scheduler.schedule(key, state.next_deadline_ms())
-        if decision.postings or decision.audit:
-            await deps.send_ledger(key, encode_ledger_batch(decision.postings, decision.audit))
-        code, body = str(decision.outcome.code), decision.outcome.body
-        if isinstance(command, PlayRound) and command.jackpots and decision.outcome.ok:
-            # A replay sends them again too: the pool counts a contribution id once.
-            await _send_round_contributions(deps, envelope, command, state.player_id)
-
-    if state.registered:
-        deps.outputs.snapshot(state.tenant_id, state.player_id, state.version, json.dumps(wallet_view(state)))
-    if envelope.reply_to.startswith(TOPIC_REPLY_PREFIX):
-        result = {"request_id": envelope.request_id, "code": code, "body": body}
-        await deps.send_to_topic(envelope.reply_to[len(TOPIC_REPLY_PREFIX):], key, json.dumps(result).encode())
-    elif envelope.reply_to:
-        deps.outputs.reply(envelope.reply_to, encode_reply(envelope.request_id, code, body))
-    AGENT_SECONDS.labels(envelope.kind).observe(time.perf_counter() - started)
-    return code, body
-
-
-async def _send_round_contributions(deps: WalletAgentDeps, envelope: CommandEnvelope, command: PlayRound,
-                                    player_id: str) -> None:
-    for pool_id, explicit_minor in command.jackpots:
-        contribute = Contribute(
-            contribution_id=envelope.operation_key, brand_id=command.brand_id, region=command.region,
-            round_id=command.round_id, player_id=player_id, bet_minor=command.bet_minor, currency=command.currency,
-            contribution_minor=explicit_minor, provider=command.provider,
-        )
-        message = CommandEnvelope.wrap(contribute, tenant_id=envelope.tenant_id, operation_key="", request_hash="",
-                                       now_ms=envelope.now_ms, reply_to="", request_id="")
-        await deps.send_to_topic(deps.jp_commands_topic, pool_key(envelope.tenant_id, pool_id), message.encode())
-
-
 def payout_envelope(message: dict) -> CommandEnvelope:
     """The wallet command for a `jp.payout.requested` event. Its request hash covers what
     the credit is (not the attempt or the time it was asked), so every attempt of one win
@@ -268,23 +234,183 @@ def payout_envelope(message: dict) -> CommandEnvelope:
                                 request_id="")
 
 
-async def apply_payout_request(deps: WalletAgentDeps, key: bytes, raw: bytes) -> None:
-    """Credit a jackpot win and answer the pool on `jp.payout.credited` or
-    `jp.payout.failed`. A request for a win already credited is answered as credited
-    again: the pool may never have heard the first answer."""
-    try:
-        message = json.loads(raw)
-        envelope = payout_envelope(message)
-        if key != wallet_key(message["tenant_id"], message["player_id"]):
-            # The record credited is the key's: a win must reach its own winner's record.
-            raise ValueError("the message's key is not its winner's")
-    except Exception as exc:
-        _poison(key, exc)
-        return
-    result = await apply_envelope(deps, key, envelope)
-    if result is None:
-        return
-    code, body = result
+@dataclass
+class _Item:
+    """One message of the batch that the wallet decides: a command, a read, a round or a
+    jackpot payout request (then `payout` holds the request)."""
+
+    key: bytes
+    envelope: CommandEnvelope
+    command: Any = None  # None for reads
+    payout: dict | None = None
+
+
+@dataclass
+class _Outputs:
+    """What a decided batch sends once it is committed."""
+
+    sends: list[tuple[str, bytes, bytes]] = field(default_factory=list)
+    replies: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+def parse(deps: WalletAgentDeps, messages: Sequence[Message], outputs: _Outputs) -> list[_Item]:
+    """The batch's messages as items to decide. Messages that only need passing on (a
+    round or payout request keyed or partitioned otherwise by its producer, a round that
+    fails validation) become sends of `outputs`; undecodable ones are skipped."""
+    items: list[_Item] = []
+    for m in messages:
+        if m.topic == deps.rounds_topic:
+            try:
+                key, envelope = parse_round(m.value, m.timestamp_ms, deps.results_topic)
+            except InvalidRequest as exc:
+                ROUNDS_REJECTED.inc()
+                result = {"request_id": "", "code": "invalid_request", "body": {"error": {
+                    "code": "invalid_request", "message": str(exc)}}}
+                outputs.sends.append((deps.results_topic, m.key, json.dumps(result).encode()))
+                continue
+            if m.key == key and owns_key(key, m.partition, deps.partitions):
+                items.append(_Item(key, envelope, envelope.command()))
+            else:
+                # Keyed or partitioned otherwise by its producer: re-keyed onto the command
+                # topic, so the actor that owns the player applies it in order with its
+                # other commands.
+                outputs.sends.append((deps.commands_topic, key, envelope.encode()))
+            continue
+        if not (isinstance(m.key, bytes) and b"|" in m.key):
+            # Every Bankroll key is tenant|id; anything else no Bankroll process wrote.
+            poison(m.key, ValueError(f"a message without a tenant|id key on {m.topic}"))
+            continue
+        if not owns_key(m.key, m.partition, deps.partitions):
+            # Partitioned otherwise by its producer: sent again with the default
+            # partitioner, so the actor that owns the key applies it.
+            outputs.sends.append((m.topic, m.key, m.value))
+            continue
+        if m.topic == deps.payout_requested_topic:
+            try:
+                message = json.loads(m.value)
+                envelope = payout_envelope(message)
+                if m.key != wallet_key(message["tenant_id"], message["player_id"]):
+                    # The record credited is the key's: a win must reach its own winner's record.
+                    raise ValueError("the message's key is not its winner's")
+            except Exception as exc:
+                poison(m.key, exc)
+                continue
+            items.append(_Item(m.key, envelope, envelope.command(), payout=message))
+            continue
+        try:
+            envelope = CommandEnvelope.decode(m.value)
+            command = None if envelope.kind in READ_KINDS else envelope.command()
+        except Exception as exc:
+            poison(m.key, exc)
+            continue
+        items.append(_Item(m.key, envelope, command))
+    return items
+
+
+class _Decided:
+    """A batch decided on its records: the new records, answers and claims to commit, and
+    the outputs to send after the commit."""
+
+    def __init__(self) -> None:
+        self.states: dict[bytes, WalletState] = {}
+        self.loaded_versions: dict[bytes, int] = {}
+        self.changed: set[bytes] = set()
+        self.postings: list = []
+        self.audit: list = []
+        self.answers: dict[tuple[bytes, str], OperationRecord] = {}
+        self.claims: dict[tuple[str, str], Claim] = {}
+        self.outputs = _Outputs()
+
+
+async def decide_batch(deps: WalletAgentDeps, items: Sequence[_Item], outputs: _Outputs) -> _Decided:
+    decided = _Decided()
+    decided.outputs = outputs
+    states = decided.states
+    for item in items:
+        if item.key not in states:
+            state = load_state(deps.table, item.key, item.envelope.tenant_id)
+            states[item.key] = state
+            decided.loaded_versions[item.key] = state.version
+    # Prefetch, one query each: the stored answers of operations the records' windows
+    # no longer hold, and the claims of the ids the commands create or name.
+    wanted_answers = {(i.key, i.envelope.operation_key) for i in items
+                      if i.command is not None and i.envelope.operation_key
+                      and i.envelope.operation_key not in states[i.key].operations}
+    wanted_claims = {(i.envelope.tenant_id, claim) for i in items if i.command is not None
+                     for claim in (claim_of(i.command),) if claim}
+    stored, known = await asyncio.gather(deps.store.answers(AGENT, wanted_answers),
+                                         deps.store.claims(wanted_claims))
+    stored_answers = {pair: decode_answer(raw) for pair, raw in stored.items()}
+    claimed = set(known)
+    for item in items:
+        started = time.perf_counter()
+        _decide_one(deps, decided, item, stored_answers, claimed)
+        AGENT_SECONDS.labels(item.envelope.kind).observe(time.perf_counter() - started)
+    return decided
+
+
+def _decide_one(deps: WalletAgentDeps, decided: _Decided, item: _Item,
+                stored_answers: dict[tuple[bytes, str], OperationRecord], claimed: set[tuple[str, str]]) -> None:
+    envelope, key = item.envelope, item.key
+    state = decided.states[key]
+    if item.command is None:
+        code, body = _read(state, envelope)
+    else:
+        operation = envelope.operation_key
+        view = state
+        if operation and operation not in state.operations:
+            recorded = decided.answers.get((key, operation)) or stored_answers.get((key, operation))
+            if recorded is not None:
+                view = dataclasses.replace(state, operations={**state.operations, operation: recorded})
+        claim = claim_of(item.command)
+        ctx = Context(
+            tenant_id=envelope.tenant_id, operation_key=operation, request_hash=envelope.request_hash,
+            now_ms=envelope.now_ms, retention_ms=deps.retention_ms, rules=deps.rules,
+            claimed=frozenset((claim,)) if claim and (envelope.tenant_id, claim) in claimed else frozenset(),
+        )
+        decision = decide(view, item.command, ctx)
+        if decision.events:
+            state = evolve(state, decision.events)
+            decided.states[key] = state
+            decided.changed.add(key)
+        decided.postings.extend(decision.postings)
+        decided.audit.extend(decision.audit)
+        if decision.outcome.ok and not decision.replayed:
+            if operation and operation in state.operations:
+                decided.answers[(key, operation)] = state.operations[operation]
+            if claim and isinstance(item.command, CLAIMING):
+                claimed.add((envelope.tenant_id, claim))
+                decided.claims[(envelope.tenant_id, claim)] = Claim(envelope.tenant_id, claim, state.player_id)
+        code, body = str(decision.outcome.code), decision.outcome.body
+        if isinstance(item.command, PlayRound) and item.command.jackpots and decision.outcome.ok:
+            # A replay sends them again too: the pool counts a contribution id once.
+            _round_contributions(deps, decided.outputs, envelope, item.command, state.player_id)
+        if item.payout is not None:
+            _payout_answer(deps, decided.outputs, item.payout, code, body)
+    if envelope.reply_to.startswith(TOPIC_REPLY_PREFIX):
+        result = {"request_id": envelope.request_id, "code": code, "body": body}
+        decided.outputs.sends.append((envelope.reply_to[len(TOPIC_REPLY_PREFIX):], key, json.dumps(result).encode()))
+    elif envelope.reply_to:
+        decided.outputs.replies.append((envelope.reply_to, encode_reply(envelope.request_id, code, body)))
+
+
+def _round_contributions(deps: WalletAgentDeps, outputs: _Outputs, envelope: CommandEnvelope, command: PlayRound,
+                         player_id: str) -> None:
+    for pool_id, explicit_minor in command.jackpots:
+        contribute = Contribute(
+            contribution_id=envelope.operation_key, brand_id=command.brand_id, region=command.region,
+            round_id=command.round_id, player_id=player_id, bet_minor=command.bet_minor, currency=command.currency,
+            contribution_minor=explicit_minor, provider=command.provider,
+        )
+        message = CommandEnvelope.wrap(contribute, tenant_id=envelope.tenant_id, operation_key="", request_hash="",
+                                       now_ms=envelope.now_ms, reply_to="", request_id="")
+        outputs.sends.append((deps.jp_commands_topic, pool_key(envelope.tenant_id, pool_id), message.encode()))
+
+
+def _payout_answer(deps: WalletAgentDeps, outputs: _Outputs, message: dict, code: str, body: dict) -> None:
+    """Answer the pool on `jp.payout.credited` or `jp.payout.failed`. A request for a win
+    already credited is answered as credited again: the pool may never have heard the
+    first answer."""
     answer = {k: message[k] for k in ("tenant_id", "pool_id", "tier", "trigger_id", "idempotency_key", "player_id",
                                       "round_id", "brand_id", "region", "amount", "currency", "attempt")}
     # The answer's own time (the pool records when its win was credited); the command's
@@ -298,4 +424,58 @@ async def apply_payout_request(deps: WalletAgentDeps, key: bytes, raw: bytes) ->
                       message=body.get("error", {}).get("message", ""))
         if code == WalletResult.IDEMPOTENCY_CONFLICT:
             log.error("payout %s requested again with another amount or winner", message["idempotency_key"])
-    await deps.send_to_topic(topic, pool_key(message["tenant_id"], message["pool_id"]), json_bytes(answer))
+    outputs.sends.append((topic, pool_key(message["tenant_id"], message["pool_id"]), json_bytes(answer)))
+
+
+def commit_of(deps: WalletAgentDeps, decided: _Decided, messages: Sequence[Message]) -> BatchCommit:
+    records = []
+    for key in decided.changed:
+        state = decided.states[key]
+        records.append(RecordWrite(key, state.tenant_id, partition_of(key, deps.partitions),
+                                   decided.loaded_versions[key], state.version, encode_state(state)))
+    answers = [AnswerWrite(key, operation, decided.states[key].tenant_id, encode_answer(record), record.at_ms)
+               for (key, operation), record in decided.answers.items()]
+    return BatchCommit(agent=AGENT, consumer=AGENT, postings=decided.postings, audit=decided.audit,
+                       records=records, answers=answers, claims=list(decided.claims.values()),
+                       positions=positions_of(messages))
+
+
+async def run_batch(deps: WalletAgentDeps, messages: Sequence[Message]) -> None:
+    """Decide, commit and emit one batch. Returns once the batch is durable and its
+    outputs are on their way; the caller then acknowledges the messages."""
+    for _ in range(MAX_DECISION_ROUNDS):
+        outputs = _Outputs()
+        items = parse(deps, messages, outputs)
+        decided = await decide_batch(deps, items, outputs)
+        commit = commit_of(deps, decided, messages)
+        try:
+            await commit_durably(deps.store, commit)
+            break
+        except StaleRecords as exc:
+            # Another worker wrote these records since this one loaded them: take the
+            # stored ones and decide the batch again.
+            fresh = await deps.store.records_of(AGENT, exc.keys)
+            deps.table.load([(key, raw) for key, (_, raw) in fresh.items()])
+            log.warning("wallet records changed under a batch, deciding it again: %s", exc)
+        except ClaimTaken as exc:
+            log.warning("ids of a batch were claimed meanwhile, deciding it again: %s", exc)
+    else:
+        raise RuntimeError(f"a wallet batch was refused {MAX_DECISION_ROUNDS} times in a row")
+    await publish(deps, decided, commit)
+
+
+async def publish(deps: WalletAgentDeps, decided: _Decided, commit: BatchCommit) -> None:
+    by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
+    for write in commit.records:
+        by_partition.setdefault(write.partition, []).append((write.key, write.record))
+    for partition, records in by_partition.items():
+        deps.table.write(partition, records)
+    for key in decided.changed:
+        deps.scheduler.schedule(key, decided.states[key].next_deadline_ms())
+    for key, state in decided.states.items():
+        if state.registered:
+            deps.outputs.snapshot(state.tenant_id, state.player_id, state.version, json.dumps(wallet_view(state)))
+    for channel, payload in decided.outputs.replies:
+        deps.outputs.reply(channel, payload)
+    for topic, key, value in decided.outputs.sends:
+        await deps.send_to_topic(topic, key, value)

@@ -11,39 +11,40 @@ import os
 import socket
 import sys
 import time
-from typing import Awaitable, Callable
 
 import asyncpg
 import redis.asyncio as aioredis
 from prometheus_client import start_http_server
 
 from agents import jackpot as jackpot_agent
+from agents import wallet as wallet_agent_module
+from agents.batch import FaustRecordTable, Message, RecordTable
 from agents.ledger_flush import run_ledger_flush
-from agents.wallet import (
-    POOL_SNAPSHOT, ExpiryScheduler, OutputBuffer, Snapshot, WalletAgentDeps, apply_envelope, apply_payout_request,
-    handle_wallet_message, owns_key, partition_of, rules_from_settings,
-)
-from app.api.validation import InvalidRequest
+from agents.wallet import POOL_SNAPSHOT, ExpiryScheduler, OutputBuffer, Snapshot, WalletAgentDeps, partition_of
 from app.domain.jackpot import core as jp
 from app.domain.jackpot.codec import decode_state as decode_pool
+from app.domain.wallet.codec import record_version
 from app.domain.wallet.core import Tick
-from app.messages import PRUNE_POOL_OPERATIONS, CommandEnvelope
-from app.metrics import POISON_MESSAGES, ROUNDS_REJECTED
-from app.rounds import parse_round
+from app.messages import CommandEnvelope
 from app.streaming import (
     GAME_ROUND_RESULTS, GAME_ROUNDS, JP_COMMANDS, JP_CONTRIBUTION_RECORDED, JP_PAYOUT_CREDITED, JP_PAYOUT_FAILED,
-    JP_PAYOUT_REQUESTED, WALLET_COMMANDS, BankrollApp, Streams, create_streams, topic_name,
+    JP_PAYOUT_REQUESTED, WALLET_COMMANDS, BankrollApp, create_streams, topic_name,
 )
 from config import Settings, load_settings
+from storage.postgres.agent_state import PostgresAgentStore
 from storage.postgres.migrate import migrate
 from storage.postgres.stores import PostgresLedgerStore, create_pool
-from storage.ports import LedgerStore
+from storage.ports import AgentStore, LedgerStore
 from storage.redis.stores import RedisPoolCache, RedisWalletCache, connect as connect_redis, worker_key_prefix
 
 log = logging.getLogger("bankroll.worker")
 
 WORKER_HEARTBEAT_TTL_S = 5
-PRUNE_BATCH = 1000
+# Stored answers past the retention period are deleted this many at a time, at every scan.
+ANSWERS_PRUNED_PER_SCAN = 10_000
+# How long a stopping worker lets the batch in hand finish (commit and send) before it
+# gives up on it; an unfinished batch is simply delivered again to the next owner.
+STOP_GRACE_S = 10.0
 
 
 class WorkerResources:
@@ -77,12 +78,6 @@ class WorkerResources:
                 pipe.publish(channel, payload)
             await pipe.execute()
 
-    def postings_sender(self, streams: Streams) -> Callable[[bytes, bytes], Awaitable[None]]:
-        async def send_postings(key: bytes, value: bytes) -> None:
-            await streams.ledger_postings.send(key=key, value=value)
-
-        return send_postings
-
     async def announce(self, worker_id: str, partitions: list[int], metrics_url: str) -> None:
         await (await self.redis()).set(
             worker_key_prefix(self.settings.faust_app_id) + worker_id,
@@ -90,12 +85,52 @@ class WorkerResources:
             ex=WORKER_HEARTBEAT_TTL_S,
         )
 
-    async def ledger_store(self) -> LedgerStore:
+    async def _postgres(self) -> asyncpg.Pool:
         async with self._lock:
             if self._pool is None:
                 await migrate(self.settings.database_url)
                 self._pool = await create_pool(self.settings.database_url, max_size=4)
-        return PostgresLedgerStore(self._pool)
+        return self._pool
+
+    async def agent_store(self) -> AgentStore:
+        return PostgresAgentStore(await self._postgres())
+
+    async def ledger_store(self) -> LedgerStore:
+        return PostgresLedgerStore(await self._postgres())
+
+
+async def restore(table: RecordTable, store: AgentStore, agent: str, partitions: set[int],
+                  version_of) -> int:  # type: ignore[no-untyped-def]
+    """Bring the records of these partitions up to what PostgreSQL holds: a record the
+    changelog did not have, or had in an older version, is taken from PostgreSQL. Runs
+    once the changelog is read, before the partitions take traffic. Returns how many
+    records were restored."""
+    if not partitions:
+        return 0
+    newer = []
+    for key, version, raw in await store.records(agent, partitions):
+        current = table.get(key)
+        if current is None or (current != raw and version_of(current) < version):
+            newer.append((key, raw))
+    table.load(newer)
+    return len(newer)
+
+
+async def run_batches(stream, settings: Settings, run_batch) -> None:  # type: ignore[no-untyped-def]
+    """Feed an agent's stream to its batch function: a batch is acknowledged once it is
+    committed. A stop lets the batch in hand finish first."""
+    async for events in stream.noack_take(settings.worker_batch_max, within=settings.worker_batch_within_ms / 1000):
+        work = asyncio.ensure_future(run_batch([Message.of(e) for e in events]))
+        try:
+            await asyncio.shield(work)
+        except asyncio.CancelledError:
+            try:
+                await asyncio.wait_for(work, STOP_GRACE_S)
+            except Exception:
+                pass
+            raise
+        for event in events:
+            await stream.ack(event)
 
 
 def build_worker(
@@ -111,7 +146,7 @@ def build_worker(
     app = streams.app
     resources = resources or WorkerResources(settings)
     commands_topic = topic_name(settings, WALLET_COMMANDS)
-    results_topic = topic_name(settings, GAME_ROUND_RESULTS)
+    jp_commands_topic = topic_name(settings, JP_COMMANDS)
     worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
     scheduler = ExpiryScheduler()
     jp_rules = jackpot_agent.rules_from_settings(settings)
@@ -120,120 +155,89 @@ def build_worker(
     scanned_partitions: list[int] = []
     retention_ms = settings.idempotency_retention_s * 1000
     outputs = OutputBuffer(resources.flush_outputs)
-
-    rounds_topic = topic_name(settings, GAME_ROUNDS)
-    jp_names = {name: topic_name(settings, name) for name in (
-        JP_COMMANDS, JP_CONTRIBUTION_RECORDED, JP_PAYOUT_REQUESTED, JP_PAYOUT_CREDITED, JP_PAYOUT_FAILED)}
-    jp_topics = {jp_names[JP_COMMANDS]: streams.jp_commands,
-                 jp_names[JP_CONTRIBUTION_RECORDED]: streams.jp_contribution_recorded,
-                 jp_names[JP_PAYOUT_REQUESTED]: streams.jp_payout_requested,
-                 jp_names[JP_PAYOUT_CREDITED]: streams.jp_payout_credited,
-                 jp_names[JP_PAYOUT_FAILED]: streams.jp_payout_failed}
-    reply_topics = {results_topic: streams.game_round_results, **jp_topics}
+    wallets, pools = FaustRecordTable(streams.wallets), FaustRecordTable(streams.pools)
+    names = {name: topic_name(settings, name) for name in (
+        GAME_ROUNDS, GAME_ROUND_RESULTS, JP_COMMANDS, JP_CONTRIBUTION_RECORDED, JP_PAYOUT_REQUESTED,
+        JP_PAYOUT_CREDITED, JP_PAYOUT_FAILED)}
+    topics = {names[GAME_ROUND_RESULTS]: streams.game_round_results, commands_topic: streams.wallet_commands,
+              names[GAME_ROUNDS]: streams.game_rounds, names[JP_COMMANDS]: streams.jp_commands,
+              names[JP_CONTRIBUTION_RECORDED]: streams.jp_contribution_recorded,
+              names[JP_PAYOUT_REQUESTED]: streams.jp_payout_requested,
+              names[JP_PAYOUT_CREDITED]: streams.jp_payout_credited,
+              names[JP_PAYOUT_FAILED]: streams.jp_payout_failed}
 
     async def send_to_topic(topic: str, key: bytes, value: bytes) -> None:
-        if topic not in reply_topics:
-            reply_topics[topic] = app.topic(topic, key_serializer="raw", value_serializer="raw")
-        await reply_topics[topic].send(key=key, value=value)
+        if topic not in topics:
+            topics[topic] = app.topic(topic, key_serializer="raw", value_serializer="raw")
+        await topics[topic].send(key=key, value=value)
 
-    async def on_round(deps: WalletAgentDeps, event) -> None:  # type: ignore[no-untyped-def]
-        try:
-            key, envelope = parse_round(event.value, int(event.message.timestamp * 1000), results_topic)
-        except InvalidRequest as exc:
-            ROUNDS_REJECTED.inc()
-            result = {"request_id": "", "code": "invalid_request", "body": {"error": {
-                "code": "invalid_request", "message": str(exc)}}}
-            await streams.game_round_results.send(key=event.key, value=json.dumps(result).encode())
-            return
-        if event.key == key and owns_key(key, event.message.partition, settings.topic_partitions):
-            await apply_envelope(deps, key, envelope)
-        else:
-            # Keyed or partitioned otherwise by its producer: re-keyed onto the command topic,
-            # so the actor that owns the player applies it in order with its other commands.
-            await streams.wallet_commands.send(key=key, value=envelope.encode())
+    stores: dict[str, AgentStore] = {}
 
-    def owned(event) -> bool:  # type: ignore[no-untyped-def]
-        return owns_key(event.key, event.message.partition, settings.topic_partitions)
+    async def agent_store() -> AgentStore:
+        if "store" not in stores:
+            stores["store"] = await resources.agent_store()
+        return stores["store"]
 
-    def keyed(event) -> bool:  # type: ignore[no-untyped-def]
-        """Every Bankroll key is tenant|id; anything else no Bankroll process wrote."""
-        if isinstance(event.key, bytes) and b"|" in event.key:
-            return True
-        POISON_MESSAGES.inc()
-        log.error("skipping a message without a tenant|id key on %s", event.message.topic)
-        return False
+    async def wallet_deps() -> WalletAgentDeps:
+        return WalletAgentDeps(
+            table=wallets, store=await agent_store(), outputs=outputs, send_to_topic=send_to_topic,
+            retention_ms=retention_ms, rules=wallet_agent_module.rules_from_settings(settings), scheduler=scheduler,
+            partitions=settings.topic_partitions, commands_topic=commands_topic, rounds_topic=names[GAME_ROUNDS],
+            results_topic=names[GAME_ROUND_RESULTS], payout_requested_topic=names[JP_PAYOUT_REQUESTED],
+            jp_commands_topic=names[JP_COMMANDS], jp_credited_topic=names[JP_PAYOUT_CREDITED],
+            jp_failed_topic=names[JP_PAYOUT_FAILED],
+        )
+
+    async def jackpot_deps() -> jackpot_agent.JackpotAgentDeps:
+        return jackpot_agent.JackpotAgentDeps(
+            table=pools, store=await agent_store(), send=send_to_topic, outputs=outputs,
+            seed_secret=settings.jackpot_seed_secret, retention_ms=retention_ms, rules=jp_rules,
+            scheduler=pool_scheduler, partitions=settings.topic_partitions, commands_topic=jp_commands_topic,
+            payout_requested_topic=names[JP_PAYOUT_REQUESTED], payout_credited_topic=names[JP_PAYOUT_CREDITED],
+            payout_failed_topic=names[JP_PAYOUT_FAILED],
+            contribution_recorded_topic=names[JP_CONTRIBUTION_RECORDED],
+        )
 
     @app.agent(streams.wallet_inputs, name="wallet")
     async def wallet_agent(stream):  # type: ignore[no-untyped-def]
-        deps = WalletAgentDeps(
-            table=streams.wallets,
-            send_ledger=resources.postings_sender(streams),
-            outputs=outputs,
-            send_to_topic=send_to_topic,
-            retention_ms=retention_ms,
-            rules=rules_from_settings(settings),
-            scheduler=scheduler,
-            jp_commands_topic=jp_names[JP_COMMANDS],
-            jp_credited_topic=jp_names[JP_PAYOUT_CREDITED],
-            jp_failed_topic=jp_names[JP_PAYOUT_FAILED],
-        )
-        async for event in stream.events():
-            topic = event.message.topic
-            if topic == rounds_topic:
-                await on_round(deps, event)
-            elif not keyed(event):
-                continue
-            elif topic == jp_names[JP_PAYOUT_REQUESTED]:
-                if owned(event):
-                    await apply_payout_request(deps, event.key, event.value)
-                else:
-                    await resend(event)
-            else:
-                await handle_wallet_message(deps, event.key, event.value)
-
-    async def resend(event) -> None:  # type: ignore[no-untyped-def]
-        # Partitioned otherwise by its producer: sent again with the default partitioner, so
-        # the actor that owns the key applies it in order with everything else about it.
-        await send_to_topic(event.message.topic, event.key, event.value)
-
-    jackpot_deps = jackpot_agent.JackpotAgentDeps(
-        table=streams.pools,
-        send_ledger=resources.postings_sender(streams),
-        send=send_to_topic,
-        outputs=outputs,
-        seed_secret=settings.jackpot_seed_secret,
-        retention_ms=retention_ms,
-        rules=jp_rules,
-        scheduler=pool_scheduler,
-        payout_requested_topic=jp_names[JP_PAYOUT_REQUESTED],
-        contribution_recorded_topic=jp_names[JP_CONTRIBUTION_RECORDED],
-    )
+        deps = await wallet_deps()
+        await run_batches(stream, settings, lambda messages: wallet_agent_module.run_batch(deps, messages))
 
     @app.agent(streams.jackpot_inputs, name="jackpot")
     async def jackpot(stream):  # type: ignore[no-untyped-def]
-        async for event in stream.events():
-            if not keyed(event):
-                continue
-            if not owned(event):
-                await resend(event)
-                continue
-            topic = event.message.topic
-            if topic == jp_names[JP_COMMANDS]:
-                try:
-                    envelope = CommandEnvelope.decode(event.value)
-                except Exception as exc:
-                    jackpot_agent.poison(event.key, exc)
-                    continue
-                await jackpot_agent.apply_jackpot_envelope(jackpot_deps, event.key, envelope)
-            else:
-                await jackpot_agent.apply_payout_answer(jackpot_deps, event.key, event.value,
-                                                        credited=topic == jp_names[JP_PAYOUT_CREDITED])
+        deps = await jackpot_deps()
+        await run_batches(stream, settings, lambda messages: jackpot_agent.run_batch(deps, messages))
 
+    # Postings an earlier version left on `ledger.postings` are still flushed; nothing
+    # writes there now (the agents commit their postings with their batches).
     @app.agent(streams.ledger_postings, name="ledger-flush")
     async def ledger_flush_agent(stream):  # type: ignore[no-untyped-def]
         await run_ledger_flush(
             stream, resources.ledger_store, settings.ledger_flush_max_rows, settings.ledger_flush_within_ms / 1000
         )
+
+    def owned_partitions(topic: str) -> set[int]:
+        return {tp.partition for tp in app.consumer.assignment() if tp.topic == topic}
+
+    @streams.wallets.on_recover
+    async def restore_wallets() -> None:
+        partitions = owned_partitions(commands_topic)
+        started = time.monotonic()
+        restored = await restore(wallets, await agent_store(), wallet_agent_module.AGENT, partitions,
+                                 record_version)
+        log.info("wallet partitions %s ready: %d records restored from PostgreSQL in %.2f s", sorted(partitions),
+                 restored, time.monotonic() - started)
+
+    @streams.pools.on_recover
+    async def restore_pools() -> None:
+        partitions = owned_partitions(jp_commands_topic)
+        # Operation records an older version kept in this table live in PostgreSQL now.
+        stale = [key for key, _ in pools.items() if not jackpot_agent.is_pool_key(key)]
+        for key in stale:
+            streams.pools.data.pop(key, None)
+        restored = await restore(pools, await agent_store(), jackpot_agent.AGENT, partitions,
+                                 lambda raw: decode_pool(raw).version)
+        log.info("pool partitions %s ready: %d records restored from PostgreSQL", sorted(partitions), restored)
 
     @app.timer(1.0)
     async def heartbeat_and_expiry() -> None:
@@ -241,7 +245,7 @@ def build_worker(
         # that, commands for it would wait for the recovery.
         serving = (not app.rebalancing and not getattr(app, "in_recovery", False)
                    and app.tables.recovery.completed.is_set())
-        assigned = sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == commands_topic)
+        assigned = sorted(owned_partitions(commands_topic))
         await resources.announce(worker_id, assigned if serving else [], metrics_url)
         now_ms = int(time.time() * 1000)
         # Partitions that just arrived (a start, a rebalance after a worker died) are scanned
@@ -254,8 +258,12 @@ def build_worker(
             scanned_partitions[:] = assigned
             # Faust's memory store keeps what this worker wrote to partitions it has since
             # lost; only the records of partitions it owns now are scheduled and published.
-            scheduler.scan(mine(streams.wallets.items(), set(assigned)))
-            await scan_pools(now_ms, set(assigned))
+            scheduler.scan(mine(wallets.items(), set(assigned)))
+            await scan_pools(set(assigned))
+            try:
+                await (await agent_store()).prune_answers(now_ms - retention_ms, ANSWERS_PRUNED_PER_SCAN)
+            except Exception as exc:  # PostgreSQL down: the next scan prunes.
+                log.warning("pruning stored answers failed: %r", exc)
         for key in scheduler.due(now_ms):
             tenant_id = key.decode().split("|", 1)[0]
             tick = CommandEnvelope.wrap(Tick(), tenant_id=tenant_id, operation_key="", request_hash="",
@@ -269,27 +277,15 @@ def build_worker(
             await streams.jp_commands.send(key=key, value=tick.encode())
 
     def mine(items, owned_now: set[int]) -> list[tuple[bytes, bytes]]:  # type: ignore[no-untyped-def]
-        """The table entries of these partitions. An operation record sits on its pool's
-        partition (Faust writes a table entry to the partition of the event being
-        processed), so it goes by its pool's key."""
-        return [(key, raw) for key, raw in items
-                if partition_of(key.split(jackpot_agent.OPERATION_MARK, 1)[0], settings.topic_partitions) in owned_now]
+        return [(key, raw) for key, raw in items if partition_of(key, settings.topic_partitions) in owned_now]
 
-    async def scan_pools(now_ms: int, owned_now: set[int]) -> None:
-        items = mine(streams.pools.items(), owned_now)
-        pools = [(key, raw) for key, raw in items if raw and jackpot_agent.is_pool_key(key)]
-        pool_scheduler.scan(pools)
+    async def scan_pools(owned_now: set[int]) -> None:
+        records = jackpot_agent.pool_records(mine(pools.items(), owned_now))
+        pool_scheduler.scan(records)
         # Widgets read pool snapshots from Redis: refreshed here so a quiet pool stays listed.
-        for key, raw in pools:
-            jackpot_agent.publish_snapshot(jackpot_deps, decode_pool(raw))
-        for key, expired in jackpot_agent.expired_operations(items, now_ms - retention_ms).items():
-            tenant_id = key.decode().split("|", 1)[0]
-            # In slices, so no message comes near the broker's size limit.
-            for start in range(0, len(expired), PRUNE_BATCH):
-                prune = CommandEnvelope(kind=PRUNE_POOL_OPERATIONS, tenant_id=tenant_id, operation_key="",
-                                        request_hash="", now_ms=now_ms, reply_to="", request_id="",
-                                        payload={"keys": [k.decode() for k in expired[start:start + PRUNE_BATCH]]})
-                await streams.jp_commands.send(key=key, value=prune.encode())
+        deps = await jackpot_deps()
+        for _, raw in records:
+            jackpot_agent.publish_snapshot(deps, decode_pool(raw))
 
     return app
 

@@ -5,13 +5,13 @@ idempotency key, request hash and the time the request was received, so a replay
 same message decides exactly as the first run did."""
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import msgpack
 
+from app.domain import idempotency
 from app.domain.audit import AuditRecord
 from app.domain.ledger import Posting
 from app.domain.jackpot import core as jp
@@ -72,9 +72,9 @@ def _tuples(value: Any) -> Any:
 
 
 def request_hash(body: Any) -> str:
-    """Hash of a request's meaning: canonical JSON, so key order and spacing do not matter."""
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    """Hash of a request's meaning (the client's body): canonical and versioned, the same
+    for every aggregate (app.domain.idempotency)."""
+    return idempotency.request_hash(body)
 
 
 def wallet_key(tenant_id: str, player_id: str) -> bytes:

@@ -1,8 +1,8 @@
-"""Reconciliation: `python -m app.reconcile [--tenant T] [--wait-s 10] [--confirm-after-s 1]`.
+"""Reconciliation: `python -m app.reconcile [--tenant T] [--confirm-after-s 1]`.
 
 Every player account is held three times: the PostgreSQL ledger (the long-term truth), the
-wallet record in the agents' changelogged `wallets` table (what the agents decide from),
-and the Redis snapshot (what reads are served from). This compares them per account
+wallet record the agents decide from (checkpointed to PostgreSQL in the same transaction
+as its postings, `agent_records`), and the Redis snapshot (what reads are served from). This compares them per account
 `player:{player_id}:{TYPE}:{CUR}`:
 
 - ledger balance (credits minus debits, app.domain.ledger.account_deltas semantics)
@@ -10,8 +10,8 @@ and the Redis snapshot (what reads are served from). This compares them per acco
 - the Redis snapshot's "available" for that type and currency against the record. An
   expired snapshot is "not cached", not drift.
 
-Jackpot pools are held three times too: the ledger, the pool record in the changelogged
-`pools` table and the Redis pool snapshot. Each tier's size is the balance of its
+Jackpot pools are held three times too: the ledger, the pool record (`agent_records`)
+and the Redis pool snapshot. Each tier's size is the balance of its
 liability account and its reserve that of its reserve account (core.liability_account,
 core.reserve_account); the record's size and reserve are compared with the ledger, and
 the snapshot's with the record's. A pool record must also conserve money on its own
@@ -22,11 +22,11 @@ It prints every account with drift and a summary with the total absolute drift i
 units and in ppm of the ledger's volume (the sum of all leg amounts), and exits 0 when
 there is no drift, 1 when there is, 2 when it could not reconcile (a service down).
 
-The ledger trails the tables by the flush delay, so the ledger is read only once the
-ledger flush has caught up with the end of `ledger.postings`. Under live traffic a player
-or pool active during the run can still look out of step for a moment, so an account
-found drifting is checked once more after a pause and reported only when it drifts both
-times.
+The records and the ledger are read in one snapshot of PostgreSQL: a record is stored
+only with the postings of the batch that made it, so the two agree exactly at any moment.
+The Redis snapshot is written after the commit, so under live traffic a player or pool
+active during the run can look out of step with it for a moment: an account found
+drifting is checked once more after a pause and reported only when it drifts both times.
 
 The comparison (`compare`, `compare_pools`, `confirm`, `render`) is pure: plain data in,
 report out. The functions below it do the reading."""
@@ -36,32 +36,27 @@ import argparse
 import asyncio
 import json
 import sys
-import time
 import traceback
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
-from typing import AsyncIterator, Callable, Hashable, Iterable, Mapping, TextIO, TypeVar
+from typing import Hashable, Iterable, Mapping, TextIO, TypeVar
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+import asyncpg
 
 from app.domain.jackpot.codec import decode_state as decode_pool_state
 from app.domain.jackpot.core import Conservation, conservation, liability_account, reserve_account
 from app.domain.jackpot.state import MAIN_TIER, PoolState
 from app.domain.ledger import player_account
 from app.domain.wallet.codec import decode_state
-from app.streaming import LEDGER_POSTINGS, POOL_TABLE, WALLET_TABLE, topic_name
 from config import Settings, load_settings
-from storage.ports import LedgerStore
-from storage.postgres.stores import PostgresLedgerStore, create_pool
+from storage.postgres.stores import LEDGER_TOTALS, create_pool
 from storage.redis.stores import RedisPoolCache, connect as connect_redis, wallet_cache_key
 
-# The consumer name the ledger flush (agents/ledger_flush.py) records its stream positions
-# under. Spelled out here because app/ does not import the agents built on top of it; a
-# test keeps the two equal.
-LEDGER_FLUSH_CONSUMER = "ledger-flush"
+# The agents' names in agent_records (agents/wallet.py and agents/jackpot.py), spelled out
+# because app/ does not import the agents built on top of it; a test keeps them equal.
+WALLET_AGENT, POOL_AGENT = "wallet", "pool"
 
-# What marks an operation record's key (tenant|pool|op|{operation}) in the pools table, as
-# agents/jackpot.py writes it beside the pool record; spelled out for the same reason.
+# What marked an operation record's key (tenant|pool|op|{operation}) in the pools table
+# before answers moved to PostgreSQL (agents/jackpot.py); such keys hold no money.
 POOL_OPERATION_MARK = b"|op|"
 
 EXIT_OK, EXIT_DRIFT, EXIT_ERROR = 0, 1, 2
@@ -554,136 +549,25 @@ def parse_pool_snapshot(raw: str | bytes) -> PoolSnapshot:
     return PoolSnapshot(amounts=amounts, version=data.get("version", 0))
 
 
-def flush_lag(end_offsets: Mapping[tuple[str, int], int], positions: Mapping[tuple[str, int], int]) -> int:
-    """Messages of ledger.postings the ledger flush has not committed yet."""
-    return sum(max(0, end - positions.get(tp, 0)) for tp, end in end_offsets.items())
-
-
 # ---------------------------------------------------------------- the I/O shell
-
-def changelog_topic(settings: Settings, table: str = WALLET_TABLE) -> str:
-    """Faust names a table's changelog `{app_id}-{table}-changelog`; Bankroll's TOPIC_PREFIX
-    is its own and does not reach Faust's table topics (the app id keeps them apart)."""
-    return f"{settings.faust_app_id}-{table}-changelog"
-
-
-def _bootstrap_servers(kafka_url: str) -> str:
-    # The same reading of KAFKA_URL as the web's command bus: scheme://host:port, comma separated.
-    return ",".join(part.split("://", 1)[-1] for part in kafka_url.split(","))
-
 
 class ReconcileError(Exception):
     """Raised when the reconciliation cannot read what it compares."""
 
 
-@asynccontextmanager
-async def topic_reader(settings: Settings) -> AsyncIterator[AIOKafkaConsumer]:
-    """A consumer for one topic read. Each read takes a new one because assigning
-    partitions narrows a consumer's metadata to the assigned topics (aiokafka then
-    refreshes those only), so a topic read after another with the same consumer would
-    seem to have no partitions: the ledger.postings read after the wallets changelog
-    found none, and the wait for the ledger flush returned at once."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=_bootstrap_servers(settings.kafka_url),
-        enable_auto_commit=False,
-        # Brokers that answer a fetch only when its wait runs out (Tansu) would otherwise
-        # hold every read of an idle partition for 500 ms.
-        fetch_max_wait_ms=settings.consumer_fetch_max_wait_ms,
-    )
-    try:
-        await consumer.start()
-        yield consumer
-    finally:
-        await consumer.stop()
-
-
-def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
-    """Every partition of `topic`, from the metadata of every topic the consumer fetched
-    when it started; a consumer that already has an assignment no longer has that."""
-    if consumer.assignment():
-        raise ReconcileError(f"cannot list the partitions of {topic} with a consumer already assigned others")
-    return [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-
-
-# Why the end of a partition is taken from fetch responses: the embedded broker (Tansu)
-# answers ListOffsets "latest" with the base offset of the partition's last record batch
-# plus one, which falls short of the true end whenever that batch holds several records
-# (the worker's producer batches the changelog writes of consecutive commands). The high
-# watermark a fetch response carries is right, so ListOffsets only says whether a
-# partition is empty (0 there means empty on either kind of broker), and the end is the
-# first high watermark fetched after assigning the partition.
-
-async def _fetch_until_high_watermarks(consumer: AIOKafkaConsumer, partitions: list[TopicPartition],
-                                       deadline: float, on_message=None) -> dict[TopicPartition, int]:
-    """Fetch the assigned `partitions` from their positions until each one's position has
-    reached the first high watermark seen for it; returns those high watermarks."""
-    targets: dict[TopicPartition, int] = {}
-    remaining = set(partitions)
-    while remaining:
-        if time.monotonic() > deadline:
-            raise ReconcileError(f"could not read {sorted(map(str, remaining))} to their end in time")
-        batches = await consumer.getmany(*remaining, timeout_ms=200)
-        if on_message is not None:
-            for messages in batches.values():
-                for message in messages:
-                    on_message(message)
-        for tp in list(remaining):
-            highwater = consumer.highwater(tp)
-            if highwater is None:
-                continue  # no fetch response for it yet
-            target = targets.setdefault(tp, highwater)
-            if await consumer.position(tp) >= target:
-                remaining.discard(tp)
-    return targets
-
-
-async def read_changelog(
-    consumer: AIOKafkaConsumer, topic: str, timeout_s: float,
-    fold: Callable[[dict, bytes | None, bytes | None], None] = apply_changelog,
-) -> dict:
-    """The latest record per key, as `fold` keeps it (apply_changelog for wallets,
-    apply_pool_changelog for pools): every partition from its beginning to its end, as the
-    first fetch after the start of reading reports it."""
+async def read_ledger_and_records(pool: asyncpg.Pool) -> tuple[dict, dict, dict]:
+    """Ledger totals, wallet records and pool records, from one snapshot of PostgreSQL."""
     records: dict = {}
-    partitions = _partitions(consumer, topic)
-    listed = await consumer.end_offsets(partitions) if partitions else {}
-    todo = [tp for tp in partitions if listed[tp] > 0]
-    if not todo:
-        return records
-    consumer.assign(todo)
-    await consumer.seek_to_beginning(*todo)
-    await _fetch_until_high_watermarks(
-        consumer, todo, time.monotonic() + timeout_s,
-        on_message=lambda message: fold(records, message.key, message.value),
-    )
-    return records
-
-
-async def end_offsets(consumer: AIOKafkaConsumer, topic: str, timeout_s: float) -> dict[tuple[str, int], int]:
-    """(topic, partition) -> the offset the next message will get, for every partition."""
-    partitions = _partitions(consumer, topic)
-    listed = await consumer.end_offsets(partitions) if partitions else {}
-    ends = {(tp.topic, tp.partition): 0 for tp in partitions}
-    todo = [tp for tp in partitions if listed[tp] > 0]
-    if todo:
-        consumer.assign(todo)
-        for tp in todo:
-            consumer.seek(tp, listed[tp])  # at or near the end: reads a batch's tail at most
-        highwaters = await _fetch_until_high_watermarks(consumer, todo, time.monotonic() + timeout_s)
-        ends.update({(tp.topic, tp.partition): max(listed[tp], highwaters[tp]) for tp in todo})
-    return ends
-
-
-async def wait_for_flush(consumer: AIOKafkaConsumer, store: LedgerStore, topic: str, wait_s: float) -> int:
-    """Wait until the ledger flush has committed everything `topic` held when this was
-    called, for at most wait_s; returns the messages still missing (0: caught up)."""
-    end = await end_offsets(consumer, topic, timeout_s=max(wait_s, 1.0))
-    deadline = time.monotonic() + wait_s
-    while True:
-        lag = flush_lag(end, await store.positions(LEDGER_FLUSH_CONSUMER))
-        if lag == 0 or time.monotonic() >= deadline:
-            return lag
-        await asyncio.sleep(0.1)
+    pool_records: dict = {}
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        rows = await conn.fetch(LEDGER_TOTALS)
+        async for row in conn.cursor("SELECT agent, key, record FROM agent_records"):
+            if row["agent"] == WALLET_AGENT:
+                apply_changelog(records, bytes(row["key"]), bytes(row["record"]))
+            elif row["agent"] == POOL_AGENT:
+                apply_pool_changelog(pool_records, bytes(row["key"]), bytes(row["record"]))
+    totals = {(r["tenant_id"], r["account"]): (r["balance"], r["turnover"]) for r in rows}
+    return totals, records, pool_records
 
 
 async def read_snapshots(redis_client, players: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Snapshot]:
@@ -711,19 +595,8 @@ async def read_pool_snapshots(redis_client, pools: Iterable[tuple[str, str]]) ->
     return snapshots
 
 
-async def reconcile_once(settings: Settings, store: LedgerStore, redis_client, tenant: str | None,
-                         wait_s: float) -> Report:
-    # The tables first, then the ledger up to what the postings topic held after them:
-    # the postings of every record read are then in the ledger (they are sent right after
-    # the record is written).
-    async with topic_reader(settings) as consumer:
-        records = await read_changelog(consumer, changelog_topic(settings), timeout_s=60.0)
-    async with topic_reader(settings) as consumer:
-        pool_records = await read_changelog(consumer, changelog_topic(settings, POOL_TABLE), timeout_s=60.0,
-                                            fold=apply_pool_changelog)
-    async with topic_reader(settings) as consumer:
-        lag = await wait_for_flush(consumer, store, topic_name(settings, LEDGER_POSTINGS), wait_s)
-    totals = await store.ledger_totals()
+async def reconcile_once(pool: asyncpg.Pool, redis_client, tenant: str | None) -> Report:
+    totals, records, pool_records = await read_ledger_and_records(pool)
     if tenant is not None:
         records = {k: v for k, v in records.items() if k[0] == tenant}
         pool_records = {k: v for k, v in pool_records.items() if k[0] == tenant}
@@ -740,28 +613,21 @@ async def reconcile_once(settings: Settings, store: LedgerStore, redis_client, t
             pools.add((tenant_id, pool_account[0]))
     snapshots = await read_snapshots(redis_client, sorted(players))
     pool_snapshots = await read_pool_snapshots(redis_client, sorted(pools))
-    report = replace(compare(ledger, records, snapshots, ledger_volume(totals.values())),
-                     jackpot=compare_pools(ledger, pool_records, pool_snapshots))
-    if lag:
-        report = replace(report, notes=report.notes + (
-            f"the ledger flush is still {lag} message(s) behind after {wait_s} s: "
-            "drift below may be postings not yet flushed",))
-    return report
+    return replace(compare(ledger, records, snapshots, ledger_volume(totals.values())),
+                   jackpot=compare_pools(ledger, pool_records, pool_snapshots))
 
 
-async def reconcile(settings: Settings, *, tenant: str | None = None, wait_s: float = 10.0,
-                    confirm_after_s: float = 1.0) -> Report:
+async def reconcile(settings: Settings, *, tenant: str | None = None, confirm_after_s: float = 1.0) -> Report:
     """Read, compare, and when something drifts, read and compare once more."""
     pool = None
     redis_client = None
     try:
         pool = await create_pool(settings.database_url, min_size=1, max_size=2)
         redis_client = connect_redis(settings.redis_url, max_connections=4)
-        store = PostgresLedgerStore(pool)
-        report = await reconcile_once(settings, store, redis_client, tenant, wait_s)
+        report = await reconcile_once(pool, redis_client, tenant)
         if report.total_drift and confirm_after_s > 0:
             await asyncio.sleep(confirm_after_s)
-            report = confirm(report, await reconcile_once(settings, store, redis_client, tenant, wait_s))
+            report = confirm(report, await reconcile_once(pool, redis_client, tenant))
         return report
     finally:
         if pool is not None:
@@ -772,11 +638,11 @@ async def reconcile(settings: Settings, *, tenant: str | None = None, wait_s: fl
             await redis_client.connection_pool.disconnect()
 
 
-async def run(settings: Settings, *, tenant: str | None = None, wait_s: float = 10.0,
-              confirm_after_s: float = 1.0, out: TextIO = sys.stdout) -> int:
+async def run(settings: Settings, *, tenant: str | None = None, confirm_after_s: float = 1.0,
+              out: TextIO = sys.stdout) -> int:
     """Reconcile, print the report, and return the exit code."""
     try:
-        report = await reconcile(settings, tenant=tenant, wait_s=wait_s, confirm_after_s=confirm_after_s)
+        report = await reconcile(settings, tenant=tenant, confirm_after_s=confirm_after_s)
     except Exception as exc:  # any service down or unreadable: say so, and exit apart from drift
         traceback.print_exc(file=sys.stderr)
         print(f"ERROR: could not reconcile: {exc!r}", file=out)
@@ -788,13 +654,10 @@ async def run(settings: Settings, *, tenant: str | None = None, wait_s: float = 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app.reconcile", description=__doc__.split("\n\n")[0])
     parser.add_argument("--tenant", help="reconcile one tenant only (default: every tenant)")
-    parser.add_argument("--wait-s", type=float, default=10.0,
-                        help="longest wait for the ledger flush to catch up (default 10)")
     parser.add_argument("--confirm-after-s", type=float, default=1.0,
                         help="pause before re-checking drifting accounts; 0 reports the first pass (default 1)")
     args = parser.parse_args(argv)
-    return asyncio.run(run(load_settings(), tenant=args.tenant, wait_s=args.wait_s,
-                           confirm_after_s=args.confirm_after_s))
+    return asyncio.run(run(load_settings(), tenant=args.tenant, confirm_after_s=args.confirm_after_s))
 
 
 if __name__ == "__main__":

@@ -70,6 +70,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("REPLY_TIMEOUT_MS", "5000", "How long an HTTP request waits for its agent's result before 504."),
     Setting("WALLET_CACHE_TTL_S", "30", "TTL of the Redis wallet snapshot."),
     Setting("IDEMPOTENCY_RETENTION_S", "259200", "How long operation ids and their results are kept (72 h minimum)."),
+    Setting("IDEMPOTENCY_WINDOW_S", "600", "How long a player's recent answers stay in their record; older ones are read from PostgreSQL."),
+    Setting("IDEMPOTENCY_WINDOW_OPS", "8", "At most this many recent answers stay in a player's record."),
+    Setting("CLOSED_ITEMS_KEPT", "8", "Closed holds, deposits, withdrawals and bonuses a record keeps per kind (the newest)."),
+    Setting("WORKER_BATCH_MAX", "1000", "Most messages an agent decides and commits as one batch."),
+    Setting("WORKER_BATCH_WITHIN_MS", "5", "Longest an agent waits for a batch to fill before it decides what it has."),
     Setting("BET_HOLD_TTL_S", "120", "How long a bet's hold lives unsettled before it expires and is released."),
     Setting("WITHDRAWAL_HOLD_TTL_S", "86400", "How long a withdrawal's hold waits for the PSP before it is released."),
     Setting("LIMIT_INCREASE_DELAY_S", "86400", "Cooling period before a raised or removed responsible-gaming limit applies."),
@@ -164,6 +169,11 @@ class Settings:
     reply_timeout_ms: int
     wallet_cache_ttl_s: int
     idempotency_retention_s: int
+    idempotency_window_s: int
+    idempotency_window_ops: int
+    closed_items_kept: int
+    worker_batch_max: int
+    worker_batch_within_ms: int
     bet_hold_ttl_s: int
     withdrawal_hold_ttl_s: int
     limit_increase_delay_s: int
@@ -234,6 +244,11 @@ class Settings:
             reply_timeout_ms=_positive_int("REPLY_TIMEOUT_MS", get("REPLY_TIMEOUT_MS")),
             wallet_cache_ttl_s=_positive_int("WALLET_CACHE_TTL_S", get("WALLET_CACHE_TTL_S")),
             idempotency_retention_s=_positive_int("IDEMPOTENCY_RETENTION_S", get("IDEMPOTENCY_RETENTION_S")),
+            idempotency_window_s=_positive_int("IDEMPOTENCY_WINDOW_S", get("IDEMPOTENCY_WINDOW_S")),
+            idempotency_window_ops=_positive_int("IDEMPOTENCY_WINDOW_OPS", get("IDEMPOTENCY_WINDOW_OPS")),
+            closed_items_kept=_positive_int("CLOSED_ITEMS_KEPT", get("CLOSED_ITEMS_KEPT")),
+            worker_batch_max=_positive_int("WORKER_BATCH_MAX", get("WORKER_BATCH_MAX")),
+            worker_batch_within_ms=_positive_int("WORKER_BATCH_WITHIN_MS", get("WORKER_BATCH_WITHIN_MS")),
             bet_hold_ttl_s=_positive_int("BET_HOLD_TTL_S", get("BET_HOLD_TTL_S")),
             withdrawal_hold_ttl_s=_positive_int("WITHDRAWAL_HOLD_TTL_S", get("WITHDRAWAL_HOLD_TTL_S")),
             limit_increase_delay_s=_non_negative_int("LIMIT_INCREASE_DELAY_S", get("LIMIT_INCREASE_DELAY_S")),
@@ -295,8 +310,24 @@ class Settings:
         return None
 
     def child_environment(self) -> dict[str, str]:
-        """The URLs a child process needs so it talks to the same services as its parent."""
-        return {"KAFKA_URL": self.kafka_url, "DATABASE_URL": self.database_url, "REDIS_URL": self.redis_url}
+        """What a child process needs to talk to the same services as its parent: the URL of
+        each service configured by URL, the port of each embedded one. An embedded service
+        gets no URL, because a child with a URL would take it for a real service (and, for
+        the broker, refuse the local jackpot seed secret); the child derives the same
+        address from the port."""
+        env: dict[str, str] = {}
+        services = (
+            ("KAFKA_URL", self.kafka_url, self.kafka_embedded, "EMBEDDED_KAFKA_PORT", self.embedded_kafka_port),
+            ("DATABASE_URL", self.database_url, self.postgres_embedded, "EMBEDDED_POSTGRES_PORT",
+             self.embedded_postgres_port),
+            ("REDIS_URL", self.redis_url, self.redis_embedded, "EMBEDDED_REDIS_PORT", self.embedded_redis_port),
+        )
+        for url_env, url, embedded, port_env, port in services:
+            if embedded:
+                env[port_env] = str(port)
+            else:
+                env[url_env] = url
+        return env
 
     def replace(self, **changes: Any) -> "Settings":
         return dataclasses.replace(self, **changes)
@@ -315,6 +346,8 @@ def settings_table_markdown() -> str:
 
 
 def process_environment(settings: Settings, **extra: str) -> dict[str, str]:
-    """The environment of a child process: this one's, with the service URLs made explicit
-    so every child talks to the same broker, database and Redis as its parent."""
-    return {**os.environ, **settings.child_environment(), **extra}
+    """The environment of a child process: this one's, with the services made explicit (see
+    :meth:`Settings.child_environment`) so every child talks to the same broker, database and
+    Redis as its parent, and sees each embedded service as embedded."""
+    inherited = {k: v for k, v in os.environ.items() if k not in ("KAFKA_URL", "DATABASE_URL", "REDIS_URL")}
+    return {**inherited, **settings.child_environment(), **extra}

@@ -3,9 +3,11 @@ real one (PostgreSQL or Redis); tests/integration/test_storage_contract.py runs 
 against both."""
 from __future__ import annotations
 
-from typing import Mapping, Protocol, Sequence
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Protocol, Sequence
 
 from app.domain.audit import AuditRecord
+from app.domain.errors import BankrollError
 from app.domain.ledger import Posting
 
 # (topic, partition) -> the next offset to read, i.e. last committed offset + 1.
@@ -103,3 +105,90 @@ class PoolCache(Protocol):
 class SignatureGuard(Protocol):
     async def first_use(self, signature: str, ttl_s: int) -> bool:
         """True the first time a signature is seen within ttl_s, False on a replay."""
+
+
+# ---------------------------------------------------------------- the agents' state
+
+@dataclass(frozen=True, slots=True)
+class RecordWrite:
+    """A record a batch changed, written only over `prior_version`, the version the batch
+    decided on (0 for a key the worker found no record of)."""
+
+    key: bytes
+    tenant_id: str
+    partition: int
+    prior_version: int
+    version: int
+    record: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerWrite:
+    key: bytes
+    operation_key: str
+    tenant_id: str
+    answer: bytes
+    answered_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """An id an operation took for good (`kind:id`), owned by the player of `key`."""
+
+    tenant_id: str
+    route: str
+    player_id: str
+
+
+@dataclass
+class BatchCommit:
+    """Everything one batch of an agent makes durable, in one transaction."""
+
+    agent: str
+    consumer: str
+    postings: list[Posting] = field(default_factory=list)
+    audit: list[AuditRecord] = field(default_factory=list)
+    records: list[RecordWrite] = field(default_factory=list)
+    answers: list[AnswerWrite] = field(default_factory=list)
+    claims: list[Claim] = field(default_factory=list)
+    positions: dict[tuple[str, int], int] = field(default_factory=dict)
+
+
+class StaleRecords(BankrollError):
+    """A record was written since the batch loaded it (another worker owned the key in
+    between): nothing of the batch was stored; reload the keys and decide again."""
+
+    def __init__(self, agent: str, keys: Sequence[bytes]) -> None:
+        super().__init__(f"{agent} records changed under the batch: {[k.decode(errors='replace') for k in keys]}")
+        self.keys = list(keys)
+
+
+class ClaimTaken(BankrollError):
+    """An id the batch claimed belongs to another player: nothing of the batch was
+    stored; decide again knowing the claim."""
+
+    def __init__(self, claims: Sequence[Claim]) -> None:
+        super().__init__(f"ids already taken: {[c.route for c in claims]}")
+        self.claims = list(claims)
+
+
+class AgentStore(Protocol):
+    async def commit(self, batch: BatchCommit) -> None:
+        """Store the batch in one transaction, or nothing: raises StaleRecords when a
+        record's stored version is not its prior_version, ClaimTaken when a claimed id
+        belongs to another player. Postings and audit records already stored are
+        skipped, as by LedgerStore.append; answers already stored are kept as they are."""
+
+    async def records(self, agent: str, partitions: Iterable[int]) -> list[tuple[bytes, int, bytes]]:
+        """(key, version, record) of every record of the agent on these partitions."""
+
+    async def records_of(self, agent: str, keys: Iterable[bytes]) -> dict[bytes, tuple[int, bytes]]: ...
+
+    async def answers(self, agent: str, wanted: Iterable[tuple[bytes, str]]) -> dict[tuple[bytes, str], bytes]:
+        """The stored answers of these (key, operation key) pairs that exist."""
+
+    async def claims(self, wanted: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        """The owning player of these (tenant, route) pairs that are claimed."""
+
+    async def prune_answers(self, answered_before_ms: int, limit: int) -> int:
+        """Delete up to `limit` answers older than the cutoff; returns how many."""

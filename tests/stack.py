@@ -3,11 +3,13 @@
 Each service whose URL is set (KAFKA_URL, DATABASE_URL, REDIS_URL) is used as it is,
 with a fresh database, tenant, Faust app id and topic prefix per run so earlier runs
 cannot leak in; each one that is not set is started embedded on a free port, exactly
-as `make run` starts it."""
+as `make run` starts it: the processes get its EMBEDDED_*_PORT and no URL, and with the
+embedded broker no JACKPOT_SEED_SECRET either, so they run as `make run` configures them."""
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -22,7 +24,20 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from config import Settings
-from config.settings import REPO_ROOT, load_settings, process_environment
+from config.settings import REPO_ROOT, process_environment
+
+
+def _wait_until_free(port: int, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", port))
+                return
+            except OSError:
+                time.sleep(0.2)
+    raise TimeoutError(f"port {port} still taken after {timeout_s} s")
 
 
 def free_port() -> int:
@@ -42,6 +57,21 @@ def wait_for_port(port: int, timeout_s: float = 60.0) -> None:
     raise TimeoutError(f"nothing listens on port {port} after {timeout_s} s")
 
 
+SERVICE_URLS = {"KAFKA_URL": "kafka_url", "DATABASE_URL": "database_url", "REDIS_URL": "redis_url"}
+
+
+class StackEnvironment(dict):
+    """The environment the stack's processes start with. An embedded service has no URL
+    in it (its clients derive the address from its port, as under `make run`), yet
+    reading the URL still answers the derived one, so a test connects to every service
+    alike: ``stack.env["DATABASE_URL"]``."""
+
+    def __missing__(self, key: str) -> str:
+        if key in SERVICE_URLS:
+            return getattr(Settings.from_env(self), SERVICE_URLS[key])
+        raise KeyError(key)
+
+
 class Stack:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
@@ -50,8 +80,10 @@ class Stack:
         self.services: dict[str, subprocess.Popen] = {}
         self.workers: dict[str, subprocess.Popen] = {}
         self.web: subprocess.Popen | None = None
-        base = load_settings()
-        self.env = process_environment(base)
+        # A real broker refuses the public local jackpot seed secret: the run has its own.
+        seed_secret = f"test-seed-secret-{uuid.uuid4().hex}"
+        base = Settings.from_env({**os.environ, "JACKPOT_SEED_SECRET": seed_secret})
+        self.env = StackEnvironment(process_environment(base))
         self.env.update({
             "BANKROLL_RUN_DIR": str(workdir / "run"),
             "FAUST_APP_ID": f"bankroll-{self.run_id}",
@@ -66,9 +98,11 @@ class Stack:
             "BET_HOLD_TTL_S": "8",
             "BLOCKED_PAYOUT_DESTINATIONS": "IBAN-BLOCKED",
             "PYTHONUNBUFFERED": "1",
-            "JACKPOT_SEED_SECRET": f"test-seed-secret-{uuid.uuid4().hex}",
         })
+        if not base.kafka_embedded:
+            self.env["JACKPOT_SEED_SECRET"] = seed_secret
         self._base = base
+        self._service_ports: dict[str, int] = {}
 
     @property
     def settings(self) -> Settings:
@@ -82,26 +116,23 @@ class Stack:
 
     def start_services(self) -> None:
         if self._base.kafka_embedded:
-            port = free_port()
-            self.env["EMBEDDED_KAFKA_PORT"] = str(port)
-            self.env["KAFKA_URL"] = f"kafka://127.0.0.1:{port}"
-            self._spawn_service("broker", port)
+            self._spawn_service("broker", "EMBEDDED_KAFKA_PORT")
         if self._base.redis_embedded:
-            port = free_port()
-            self.env["EMBEDDED_REDIS_PORT"] = str(port)
-            self.env["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
-            self._spawn_service("redis", port)
+            self._spawn_service("redis", "EMBEDDED_REDIS_PORT")
         if self._base.postgres_embedded:
-            port = free_port()
-            self.env["EMBEDDED_POSTGRES_PORT"] = str(port)
-            self.env["DATABASE_URL"] = f"postgresql://postgres@127.0.0.1:{port}/postgres"
-            self._spawn_service("postgres", port)
-            asyncio.run(self._wait_for_postgres(self.env["DATABASE_URL"]))
+            self._spawn_service("postgres", "EMBEDDED_POSTGRES_PORT")
+            asyncio.run(self._wait_for_postgres(self.settings.database_url))
         else:
             self.env["DATABASE_URL"] = asyncio.run(self._create_database(self._base.database_url))
 
-    def _spawn_service(self, name: str, port: int) -> None:
-        log = open(self.workdir / f"{name}.log", "wb")
+    def _spawn_service(self, name: str, port_env: str) -> None:
+        port = free_port()
+        self.env[port_env] = str(port)
+        self._service_ports[name] = port
+        self._launch_service(name, port)
+
+    def _launch_service(self, name: str, port: int) -> None:
+        log = open(self.workdir / f"{name}.log", "ab")
         self.services[name] = subprocess.Popen(
             [sys.executable, "-m", "app.embedded", name], cwd=REPO_ROOT, env=self.env, stdout=log,
             stderr=subprocess.STDOUT, start_new_session=True,
@@ -177,6 +208,53 @@ class Stack:
     def log_tail(self, name: str, lines: int = 40) -> str:
         path = self.workdir / f"{name}.log"
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+    # ------------------------------------------------------------ restarts
+
+    def kill_service(self, name: str) -> None:
+        """kill -9 of an embedded service (the broker loses everything it held)."""
+        proc = self.services.pop(name)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    def restart_service(self, name: str) -> None:
+        """Start an embedded service again on its port, stopping it first if it runs."""
+        proc = self.services.pop(name, None)
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+        port = self._service_ports[name]
+        _wait_until_free(port)
+        self._launch_service(name, port)
+        if name == "postgres":
+            asyncio.run(self._wait_for_postgres(self.settings.database_url))
+
+    def stop_bankroll(self) -> None:
+        """Stop the web, then the workers, as `make run` does: each drains first."""
+        for proc in ([self.web] if self.web else []) + list(self.workers.values()):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.web = None
+        self.workers.clear()
+
+    def restart(self, *, broker: str = "stop") -> None:
+        """The whole stack again: Bankroll's processes stopped in order, the embedded
+        broker stopped (or, with broker="kill", killed -9) and started empty, Redis started
+        empty, PostgreSQL kept; then a worker and the web, until ready."""
+        if broker == "kill" and "broker" in self.services:
+            self.kill_service("broker")
+        self.stop_bankroll()
+        for name in ("broker", "redis"):
+            if name in self._service_ports:
+                self.restart_service(name)
+        self.start_worker("worker-1")
+        self.start_web()
+        self.wait_ready()
 
     def stop(self) -> None:
         procs = list(self.workers.values()) + ([self.web] if self.web else []) + list(self.services.values())

@@ -35,6 +35,8 @@ STATUS: dict[str, int] = {
     WalletResult.WITHDRAWAL_NOT_FOUND: 404,
     WalletResult.WITHDRAWAL_ALREADY_FINAL: 409,
     WalletResult.BONUS_EXISTS: 409,
+    WalletResult.CONVERSION_EXISTS: 409,
+    WalletResult.ADJUSTMENT_EXISTS: 409,
     WalletResult.SAME_CURRENCY: 422,
     WalletResult.INVALID_RATE: 422,
     WalletResult.AMOUNT_TOO_SMALL: 422,

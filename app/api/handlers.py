@@ -172,7 +172,7 @@ async def create_deposit(request: web.Request) -> web.Response:
         method=v.text(body, "method"),
     )
     idempotency_key = v.ident(body, "idempotency_key", required=False) or command.deposit_id
-    return await dispatch_routed(request, command.player_id, command.deposit_id, command,
+    return await dispatch_routed(request, command.player_id, f"deposit:{command.deposit_id}", command,
                                  f"deposit:{idempotency_key}", body, "deposit_exists")
 
 
@@ -199,7 +199,7 @@ async def psp_webhook(request: web.Request) -> web.Response:
     command: object
     if "deposit_id" in body:
         command = w.ApplyPspResult(deposit_id=v.ident(body, "deposit_id"), **fields)
-        route, missing, what = command.deposit_id, "deposit_not_found", "deposit"
+        route, missing, what = f"deposit:{command.deposit_id}", "deposit_not_found", "deposit"
     else:
         command = w.ApplyWithdrawalResult(withdrawal_id=v.ident(body, "withdrawal_id"), **fields)
         route, missing, what = f"withdrawal:{command.withdrawal_id}", "withdrawal_not_found", "withdrawal"

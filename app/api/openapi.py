@@ -246,14 +246,14 @@ def openapi_document() -> dict:
                           valid_from={"type": "integer", "description": "unix seconds"}))},
             "/v1/fx/conversions": {"post": _op(
                 "Convert between currencies through FX accounts, banker's rounding, residue reported",
-                {"200": "debited, credited, rate, residue_minor", **_AUTH_FAIL,
+                {"200": "debited, credited, rate, residue_minor", **_AUTH_FAIL, "409": "conversion_exists",
                  "422": "fx_rate_not_found, insufficient_funds, same_currency"},
                 body=_obj(["conversion_id", "player_id", "from_currency", "to_currency", "amount"],
                           conversion_id=_ID, player_id=_ID, from_currency=_CURRENCY, to_currency=_CURRENCY,
                           amount=_AMOUNT, wallet={"type": "string"}, idempotency_key=_ID))},
             "/v1/adjustments": {"post": _op(
                 "A reasoned correction posting (audited)", {"201": "posted", **_AUTH_FAIL,
-                                                            "422": "insufficient_funds"},
+                                                            "409": "adjustment_exists", "422": "insufficient_funds"},
                 body=_obj(["adjustment_id", "player_id", "wallet", "currency", "amount", "reason"],
                           adjustment_id=_ID, player_id=_ID, wallet={"type": "string"}, currency=_CURRENCY,
                           amount={"type": "integer", "description": "signed minor units"},

@@ -6,12 +6,14 @@ import re
 import time
 from collections import defaultdict
 from dataclasses import replace
-from typing import Sequence
+from typing import Iterable, Sequence
 
 from app.domain.audit import AuditRecord
 from app.domain.ledger import Posting, account_deltas
 from storage.history import check_limit, decode_cursor, encode_cursor, history_row
-from storage.ports import CHAIN_AUDIT_POOL_PATTERN, Positions, chain_audit_prefix
+from storage.ports import (
+    CHAIN_AUDIT_POOL_PATTERN, BatchCommit, Claim, ClaimTaken, Positions, StaleRecords, chain_audit_prefix,
+)
 
 _CHAIN_AUDIT_POOL = re.compile(CHAIN_AUDIT_POOL_PATTERN)
 
@@ -195,3 +197,57 @@ class MemorySignatureGuard:
             return False
         self._seen[signature] = now + ttl_s
         return True
+
+
+class MemoryAgentStore:
+    """The agents' state with the semantics of storage.postgres.agent_state: a batch is
+    stored whole or not at all, records only over their prior version, claims once."""
+
+    def __init__(self, ledger: MemoryLedgerStore | None = None) -> None:
+        self.ledger = ledger or MemoryLedgerStore()
+        self.records_by_agent: dict[str, dict[bytes, tuple[int, int, bytes]]] = defaultdict(dict)
+        self.answers_by_agent: dict[str, dict[tuple[bytes, str], tuple[bytes, int]]] = defaultdict(dict)
+        self.routes: dict[tuple[str, str], str] = {}
+        self.commits = 0
+
+    async def commit(self, batch: BatchCommit) -> None:
+        mine = self.records_by_agent[batch.agent]
+        stale = [r.key for r in batch.records if mine.get(r.key, (0, 0, b""))[0] != r.prior_version
+                 and r.key in mine]
+        if stale:
+            raise StaleRecords(batch.agent, stale)
+        foreign = [c for c in batch.claims if self.routes.get((c.tenant_id, c.route), c.player_id) != c.player_id]
+        if foreign:
+            raise ClaimTaken([Claim(c.tenant_id, c.route, self.routes[(c.tenant_id, c.route)]) for c in foreign])
+        await self.ledger.append(batch.postings, batch.positions, batch.consumer, audit=batch.audit)
+        for r in batch.records:
+            mine[r.key] = (r.version, r.partition, r.record)
+        answers = self.answers_by_agent[batch.agent]
+        for a in batch.answers:
+            answers.setdefault((a.key, a.operation_key), (a.answer, a.answered_at_ms))
+        for c in batch.claims:
+            self.routes.setdefault((c.tenant_id, c.route), c.player_id)
+        self.commits += 1
+
+    async def records(self, agent: str, partitions: Iterable[int]) -> list[tuple[bytes, int, bytes]]:
+        wanted = set(partitions)
+        return [(k, v, raw) for k, (v, p, raw) in self.records_by_agent[agent].items() if p in wanted]
+
+    async def records_of(self, agent: str, keys: Iterable[bytes]) -> dict[bytes, tuple[int, bytes]]:
+        mine = self.records_by_agent[agent]
+        return {k: (mine[k][0], mine[k][2]) for k in keys if k in mine}
+
+    async def answers(self, agent: str, wanted: Iterable[tuple[bytes, str]]) -> dict[tuple[bytes, str], bytes]:
+        mine = self.answers_by_agent[agent]
+        return {pair: mine[pair][0] for pair in wanted if pair in mine}
+
+    async def claims(self, wanted: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        return {pair: self.routes[pair] for pair in wanted if pair in self.routes}
+
+    async def prune_answers(self, answered_before_ms: int, limit: int) -> int:
+        pruned = 0
+        for answers in self.answers_by_agent.values():
+            for pair in [p for p, (_, at_ms) in answers.items() if at_ms < answered_before_ms][:limit - pruned]:
+                del answers[pair]
+                pruned += 1
+        return pruned

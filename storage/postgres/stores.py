@@ -65,6 +65,16 @@ WHERE tenant_id = $1 AND kind = 'jp_chain' AND substring(audit_id from $2) IS NO
 ORDER BY 1
 """
 
+# Balance (credits minus debits) and turnover per account over every tenant: the
+# reconciliation's system read.
+LEDGER_TOTALS = """
+SELECT tenant_id, account, sum(delta)::bigint AS balance, sum(abs(delta))::bigint AS turnover FROM (
+    SELECT tenant_id, credit_account AS account, amount_minor AS delta FROM ledger_entries
+    UNION ALL
+    SELECT tenant_id, debit_account, -amount_minor FROM ledger_entries
+) legs GROUP BY tenant_id, account
+"""
+
 # One row more than the page, to know whether another page follows without a count.
 _HISTORY = """
 SELECT entry_id, tenant_id, operation_id, leg, debit_account, credit_account, amount_minor, currency, category,
@@ -223,15 +233,7 @@ class PostgresLedgerStore:
 
     async def ledger_totals(self) -> dict[tuple[str, str], tuple[int, int]]:
         # A system read across every tenant (the reconciliation), so not a tenant transaction.
-        rows = await self._pool.fetch(
-            """
-            SELECT tenant_id, account, sum(delta)::bigint AS balance, sum(abs(delta))::bigint AS turnover FROM (
-                SELECT tenant_id, credit_account AS account, amount_minor AS delta FROM ledger_entries
-                UNION ALL
-                SELECT tenant_id, debit_account, -amount_minor FROM ledger_entries
-            ) legs GROUP BY tenant_id, account
-            """
-        )
+        rows = await self._pool.fetch(LEDGER_TOTALS)
         return {(r["tenant_id"], r["account"]): (r["balance"], r["turnover"]) for r in rows}
 
 

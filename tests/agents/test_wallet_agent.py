@@ -1,14 +1,28 @@
-"""The wallet agent through Faust's test_context(): real agent wiring and table, with
-in-memory adapters in place of Redis and PostgreSQL."""
+"""The wallet agent: through Faust's test_context() (real agent wiring and table), and batch
+by batch with an in-memory table and store, where crashes and refused commits are staged."""
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 
-from agents.worker import WorkerResources, build_worker
-from app.domain.wallet.codec import decode_state
-from app.messages import CommandEnvelope, decode_ledger_batch, decode_reply, request_hash, wallet_key
+import pytest
+
+from agents.batch import DictRecordTable, Message
+from agents.wallet import (
+    AGENT, ExpiryScheduler, OutputBuffer, WalletAgentDeps, decode_answer, load_state, partition_of, run_batch,
+)
+from agents.worker import WorkerResources, build_worker, restore
+from app.domain.wallet.codec import decode_state, encode_state, record_version
+from app.domain.wallet.core import Rules
+from app.messages import CommandEnvelope, decode_reply, request_hash, wallet_key
 from config import Settings
-from storage.memory.stores import MemoryLedgerStore, MemoryPoolCache, MemoryWalletCache
+from storage.memory.stores import MemoryAgentStore, MemoryPoolCache, MemoryWalletCache
+from storage.ports import BatchCommit
+
+KEY = wallet_key("dev", "p1")
+PSP = {"psp": "sandbox", "event_id": "e1", "deposit_id": "d1", "status": "SUCCEEDED", "amount_minor": 5_000,
+       "currency": "EUR", "fee_minor": 100}
 
 
 class MemoryResources(WorkerResources):
@@ -17,14 +31,7 @@ class MemoryResources(WorkerResources):
         self.cache = MemoryWalletCache()
         self.pool_cache = MemoryPoolCache()
         self.replies: list[tuple[str, bytes]] = []
-        self.store = MemoryLedgerStore()
-        self.postings: list[tuple[bytes, bytes]] = []
-
-    def postings_sender(self, streams):
-        async def send(key: bytes, value: bytes) -> None:
-            self.postings.append((key, value))
-
-        return send
+        self.store = MemoryAgentStore()
 
     async def flush_outputs(self, snapshots, replies) -> None:
         for kind, tenant_id, subject_id, version, snapshot_json in snapshots:
@@ -35,83 +42,219 @@ class MemoryResources(WorkerResources):
     async def announce(self, worker_id: str, partitions: list[int], metrics_url: str) -> None:
         pass
 
-    async def ledger_store(self):
+    async def agent_store(self):
         return self.store
 
+    async def ledger_store(self):
+        return self.store.ledger
 
-def envelope(kind: str, key: str, payload: dict, now_ms: int = 1_000) -> bytes:
+
+def envelope(kind: str, key: str, payload: dict, now_ms: int = 1_000, reply_to: str = "replies") -> bytes:
     return CommandEnvelope(kind=kind, tenant_id="dev", operation_key=key, request_hash=request_hash(payload),
-                           now_ms=now_ms, reply_to="replies", request_id=key, payload=payload).encode()
+                           now_ms=now_ms, reply_to=reply_to, request_id=key, payload=payload).encode()
 
 
-async def test_wallet_agent_decides_stores_and_emits():
+CREATE = ("create_player", "player:p1", {"player_id": "p1", "currency": "EUR", "country": "DE"})
+DEPOSIT = ("request_deposit", "deposit:k1", {"deposit_id": "d1", "player_id": "p1", "amount_minor": 5_000,
+                                             "currency": "EUR", "method": "card"})
+VERDICT = ("apply_psp_result", "psp:sandbox:e1", PSP)
+
+
+async def test_wallet_agent_decides_commits_and_answers_through_faust():
     settings = Settings.from_env({"TOPIC_PARTITIONS": "1"})
     resources = MemoryResources(settings)
     app = build_worker(settings, worker_id="test", resources=resources)
     app.finalize()
     app.flow_control.resume()
     agent = app.agents["wallet"]
-    key = wallet_key("dev", "p1")
     table = app.tables["wallets"]
 
     async with agent.test_context() as agent_ctx:
-        await agent_ctx.put(envelope("create_player", "player:p1",
-                                     {"player_id": "p1", "currency": "EUR", "country": "DE"}), key=key)
-        await agent_ctx.put(envelope("request_deposit", "deposit:k1",
-                                     {"deposit_id": "d1", "player_id": "p1", "amount_minor": 5_000,
-                                      "currency": "EUR", "method": "card"}), key=key)
-        psp = {"psp": "sandbox", "event_id": "e1", "deposit_id": "d1", "status": "SUCCEEDED",
-               "amount_minor": 5_000, "currency": "EUR", "fee_minor": 100}
-        await agent_ctx.put(envelope("apply_psp_result", "psp:sandbox:e1", psp), key=key)
-        # The PSP delivers the same event again: same answer, same postings, state unchanged.
-        await agent_ctx.put(envelope("apply_psp_result", "psp:sandbox:e1", psp), key=key)
-
+        for command in (CREATE, DEPOSIT, VERDICT, VERDICT):  # the PSP delivers the same event twice
+            await agent_ctx.put(envelope(*command), key=KEY)
         await _until(lambda: len(resources.replies) == 4)
-        state = decode_state(table[key])
-        assert state.balance("CASH", "EUR") == 4_900
-        assert state.version == 3
 
-        replies = [decode_reply(payload) for _, payload in resources.replies]
-        assert [code for _, code, _ in replies] == ["created", "accepted", "ok", "ok"]
-        assert replies[2][2] == replies[3][2] == {"deposit_id": "d1", "state": "SUCCEEDED", "credited": 4_900}
+    state = decode_state(table[KEY])
+    assert state.balance("CASH", "EUR") == 4_900 and state.version == 3
+    replies = [decode_reply(payload) for _, payload in resources.replies]
+    assert [code for _, code, _ in replies] == ["created", "accepted", "ok", "ok"]
+    assert replies[2][2] == replies[3][2] == {"deposit_id": "d1", "state": "SUCCEEDED", "credited": 4_900}
+    # What the client was told is in the store: the record, the answers, the postings once.
+    version, _, stored = resources.store.records_by_agent[AGENT][KEY]
+    assert version == 3 and decode_state(stored) == state
+    assert set(k for _, k in resources.store.answers_by_agent[AGENT]) == {"player:p1", "deposit:k1",
+                                                                          "psp:sandbox:e1"}
+    legs = await resources.store.ledger.entries("dev", "deposit:d1")
+    assert [(p.leg, p.amount_minor) for p in legs] == [(0, 5_000), (1, 100)]
+    snapshot = json.loads(await resources.cache.get("dev", "p1"))
+    assert snapshot["wallets"][0]["available"] == 4_900 and snapshot["version"] == 3
 
-        snapshot = json.loads(await resources.cache.get("dev", "p1"))
-        assert snapshot["wallets"][0]["available"] == 4_900 and snapshot["version"] == 3
 
-        # Both runs of the webhook emitted the same two legs to the ledger topic.
-        sent = [decode_ledger_batch(value)[0] for _, value in resources.postings]
-        assert len(sent) == 2 and sent[0] == sent[1]
-        assert [(p.leg, p.amount_minor) for p in sent[0]] == [(0, 5_000), (1, 100)]
+# ---------------------------------------------------------------- batch by batch
 
+class Sent:
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, bytes, bytes]] = []
+        self.replies: list[tuple[str, bytes]] = []
+
+    async def send(self, topic: str, key: bytes, value: bytes) -> None:
+        self.messages.append((topic, key, value))
+
+    async def flush(self, snapshots, replies) -> None:
+        self.replies.extend(replies)
+
+    def codes(self) -> list[str]:
+        return [decode_reply(payload)[1] for _, payload in self.replies]
+
+
+def deps_with(store: MemoryAgentStore, table: DictRecordTable | None = None,
+              rules: Rules = Rules()) -> tuple[WalletAgentDeps, Sent]:
+    sent = Sent()
+    deps = WalletAgentDeps(table=table or DictRecordTable(), store=store, outputs=OutputBuffer(sent.flush),
+                           send_to_topic=sent.send, retention_ms=3_600_000, rules=rules,
+                           scheduler=ExpiryScheduler(), partitions=1)
+    return deps, sent
+
+
+OFFSET = [0]
+
+
+def batch(*commands: tuple, key: bytes = KEY, now_ms: int = 1_000) -> list[Message]:
+    out = []
+    for kind, op, payload in commands:
+        OFFSET[0] += 1
+        out.append(Message("wallet.commands", 0, OFFSET[0], key, envelope(kind, op, payload, now_ms), now_ms))
+    return out
+
+
+async def test_a_batch_commits_once_and_nothing_leaves_before_the_commit():
+    store = MemoryAgentStore()
+    deps, sent = deps_with(store)
+    attempts = []
+    real_commit = store.commit
+
+    async def flaky_commit(commit: BatchCommit) -> None:
+        attempts.append(len(sent.replies) + len(deps.table.changelog))
+        if len(attempts) < 3:
+            raise ConnectionError("PostgreSQL restarting")
+        await real_commit(commit)
+
+    store.commit = flaky_commit  # type: ignore[method-assign]
+    await run_batch(deps, batch(CREATE, DEPOSIT, VERDICT, VERDICT))
+    await _settle()
+    # Two failed attempts, retried with nothing emitted in between; one commit for the batch.
+    assert attempts == [0, 0, 0] and store.commits == 1
+    assert sent.codes() == ["created", "accepted", "ok", "ok"]
+    # One changelog write per record per batch, of the version that was committed.
+    assert [(p, k) for p, k, _ in deps.table.changelog] == [(0, KEY)]
+    assert record_version(deps.table.changelog[0][2]) == 3
+    assert await store.ledger.positions(AGENT) == {("wallet.commands", 0): OFFSET[0] + 1}
+
+
+async def test_a_crash_during_the_commit_answers_nothing_and_the_redelivery_applies_once():
+    store = MemoryAgentStore()
+    deps, sent = deps_with(store)
+    await run_batch(deps, batch(CREATE))
+    messages = batch(DEPOSIT, VERDICT)
+
+    async def die(commit: BatchCommit) -> None:
+        raise SystemExit("kill -9")
+
+    real_commit, store.commit = store.commit, die  # type: ignore[method-assign]
+    with pytest.raises(SystemExit):
+        await run_batch(deps, messages)
+    await _settle()
+    assert sent.codes() == ["created"] and load_state(deps.table, KEY, "dev").version == 1
+
+    store.commit = real_commit  # type: ignore[method-assign]
+    restarted, sent_again = deps_with(store, DictRecordTable(dict(deps.table.data)))
+    await run_batch(restarted, messages)
+    await run_batch(restarted, messages)  # and once more, as if the offsets were never committed
+    await _settle()
+    assert sent_again.codes() == ["accepted", "ok", "accepted", "ok"]
+    assert load_state(restarted.table, KEY, "dev").balance("CASH", "EUR") == 4_900
+    assert len(await store.ledger.entries("dev", "deposit:d1")) == 2
+
+
+async def test_an_answer_older_than_the_window_is_replayed_from_the_store():
+    store = MemoryAgentStore()
+    deps, sent = deps_with(store, rules=Rules(operation_window_count=2))
+    await run_batch(deps, batch(CREATE, DEPOSIT, VERDICT))
+    for n in range(3):  # push the deposit's answer out of the record's window
+        await run_batch(deps, batch(("set_limits", f"limits:{n}", {"amounts": [["deposit", "day", 10_000 + n]]})))
+    assert "deposit:k1" not in load_state(deps.table, KEY, "dev").operations
+    await run_batch(deps, batch(DEPOSIT))
+    changed = dict(DEPOSIT[2], amount_minor=7)
+    await run_batch(deps, batch(("request_deposit", "deposit:k1", changed)))
+    # A new key for the same deposit id: the id is claimed, though the record forgot it.
+    await run_batch(deps, batch(("request_deposit", "deposit:k2", DEPOSIT[2])))
+    await _settle()
+    assert sent.codes()[-3:] == ["accepted", "idempotency_conflict", "deposit_exists"]
+    first, replayed, _ = [decode_reply(p)[2] for _, p in sent.replies if decode_reply(p)[0] == "deposit:k1"]
+    assert first == replayed == {"deposit_id": "d1", "state": "PENDING"}
+    assert decode_answer(store.answers_by_agent[AGENT][(KEY, "deposit:k1")][0]).code == "accepted"
+
+
+async def test_a_record_written_meanwhile_by_another_worker_is_reloaded_and_decided_again():
+    store = MemoryAgentStore()
+    old, _ = deps_with(store)
+    await run_batch(old, batch(CREATE, DEPOSIT))
+    new, _ = deps_with(store, DictRecordTable(dict(old.table.data)))
+    await run_batch(new, batch(VERDICT))  # the partition moved: the new owner credits the deposit
+    # The old owner, which missed that, decides a withdrawal request on its stale record.
+    await run_batch(old, batch(("set_player_status", "kyc:1", {"kyc_status": "VERIFIED", "aml_hold": False})))
+    state = load_state(old.table, KEY, "dev")
+    assert state.balance("CASH", "EUR") == 4_900 and state.kyc_status == "VERIFIED" and state.version == 4
+    assert store.records_by_agent[AGENT][KEY][0] == 4
+
+
+async def test_an_id_claimed_by_another_player_meanwhile_is_refused():
+    store = MemoryAgentStore()
+    other = wallet_key("dev", "p2")
+    deps, sent = deps_with(store)
+    await run_batch(deps, batch(CREATE) + batch(("create_player", "player:p2",
+                                                 {"player_id": "p2", "currency": "EUR", "country": "DE"}), key=other))
+    await run_batch(deps, batch(DEPOSIT))
+    # p2's request for the same deposit id, from a worker that has not seen p1's claim.
+    await run_batch(deps, batch(("request_deposit", "deposit:x", dict(DEPOSIT[2], player_id="p2")), key=other))
+    await _settle()
+    assert sent.codes()[-1] == "deposit_exists"
+    assert store.routes[("dev", "deposit:d1")] == "p1"
 
 
 async def test_an_undecodable_message_is_skipped_not_fatal():
-    from agents.wallet import ExpiryScheduler, OutputBuffer, WalletAgentDeps, handle_wallet_message
-    from app.domain.wallet.core import Rules
     from app.metrics import POISON_MESSAGES
 
-    replies: list = []
-
-    async def publish(snapshots, batch) -> None:
-        replies.extend(batch)
-
-    async def send(key: bytes, value: bytes) -> None:
-        raise AssertionError("nothing may be emitted for a poison message")
-
-    deps = WalletAgentDeps(table={}, send_ledger=send, outputs=OutputBuffer(publish), send_to_topic=send,
-                           retention_ms=1, rules=Rules(), scheduler=ExpiryScheduler())
+    store = MemoryAgentStore()
+    deps, sent = deps_with(store)
     before = POISON_MESSAGES._value.get()
-    await handle_wallet_message(deps, b"dev|p1", b"\xc1 not msgpack")
-    assert POISON_MESSAGES._value.get() == before + 1
-    assert deps.table == {} and replies == []
+    await run_batch(deps, [Message("wallet.commands", 0, 1, KEY, b"\xc1 not msgpack", 0),
+                           Message("wallet.commands", 0, 2, b"no-tenant", b"x", 0)])
+    assert POISON_MESSAGES._value.get() == before + 2
+    assert deps.table.data == {} and sent.messages == [] and store.ledger._rows == {}
 
+
+async def test_a_worker_restores_what_its_changelog_lacks_or_has_older():
+    store = MemoryAgentStore()
+    deps, _ = deps_with(store)
+    other = wallet_key("dev", "p2")
+    await run_batch(deps, batch(CREATE))
+    first_version = deps.table.changelog[0][2]
+    await run_batch(deps, batch(DEPOSIT, VERDICT) + batch(
+        ("create_player", "player:p2", {"player_id": "p2", "currency": "EUR", "country": "DE"}), key=other))
+    # A changelog that has p1's first version only, and nothing of p2.
+    behind = DictRecordTable({KEY: first_version})
+    assert await restore(behind, store, AGENT, {partition_of(KEY, 1)}, record_version) == 2
+    assert behind.data == deps.table.data
+    assert await restore(behind, store, AGENT, {0}, record_version) == 0  # up to date: nothing to do
+
+
+async def _settle() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
 
 
 async def _until(condition, timeout_s: float = 5.0) -> None:
-    """Wait for the agent's output buffer to flush what the commands produced."""
-    import asyncio
-    import time
-
     deadline = time.monotonic() + timeout_s
     while not condition():
         if time.monotonic() > deadline:
@@ -120,10 +263,6 @@ async def _until(condition, timeout_s: float = 5.0) -> None:
 
 
 async def test_output_buffer_keeps_the_newest_snapshot_and_survives_a_failed_flush():
-    import asyncio
-
-    from agents.wallet import OutputBuffer
-
     flushed: list = []
     fail = [True]
     gate = asyncio.Event()

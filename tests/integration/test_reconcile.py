@@ -1,5 +1,5 @@
 """Reconciliation: the pure comparison on plain data, then `python -m app.reconcile`
-against the running stack (ledger in PostgreSQL, table changelogs in the broker, snapshots
+against the running stack (ledger and records in PostgreSQL, snapshots
 in Redis), for player accounts and for jackpot pools made through the HTTP API. The pure
 comparison of pools has its own tests in tests/unit/test_reconcile_pools.py."""
 from __future__ import annotations
@@ -17,12 +17,10 @@ import redis.asyncio as aioredis
 from app.client.signed import BankrollClient
 from app.domain.wallet.codec import encode_state
 from app.domain.wallet.core import WalletState
-from app.streaming import LEDGER_POSTINGS, topic_name
 from app.reconcile import (
-    CACHED, EXIT_DRIFT, EXIT_ERROR, EXIT_OK, LEDGER_FLUSH_CONSUMER, NOT_CACHED, NOT_IN_SNAPSHOT, SIZE,
-    AccountRow, PoolRow, ReconcileError, Report, Snapshot, TableRecord, apply_changelog, changelog_topic, compare,
-    confirm, end_offsets, flush_lag, format_ppm, ledger_volume, parse_player_account, parse_snapshot, read_changelog,
-    reconcile, render, run, topic_reader,
+    CACHED, EXIT_DRIFT, EXIT_ERROR, EXIT_OK, NOT_CACHED, NOT_IN_SNAPSHOT, POOL_AGENT, SIZE, WALLET_AGENT,
+    AccountRow, PoolRow, Report, Snapshot, TableRecord, apply_changelog, compare, confirm, format_ppm, ledger_volume,
+    parse_player_account, parse_snapshot, reconcile, render, run,
 )
 from config import Settings
 from config.settings import REPO_ROOT
@@ -177,29 +175,22 @@ def test_the_changelog_folds_into_the_latest_record_per_key():
         apply_changelog(records, b"t1|p1", msgpack.packb({"v": 999}))
 
 
-def test_snapshot_json_and_flush_lag():
+def test_snapshot_json():
     raw = json.dumps({"player_id": "p1", "version": 7, "wallets": [
         {"type": "CASH", "currency": "EUR", "available": 120, "held": 0, "version": 7},
         {"type": "BONUS", "currency": "EUR", "available": 30, "wager_required": 100}]})
     assert parse_snapshot(raw) == Snapshot({"CASH:EUR": 120, "BONUS:EUR": 30}, 7)
-    end = {("ledger.postings", 0): 10, ("ledger.postings", 1): 0, ("ledger.postings", 2): 4}
-    assert flush_lag(end, {("ledger.postings", 0): 10, ("ledger.postings", 2): 1}) == 3
-    assert flush_lag(end, {("ledger.postings", 0): 10, ("ledger.postings", 2): 4}) == 0
 
 
-def test_names_match_the_agents_and_faust():
-    from agents.ledger_flush import CONSUMER_NAME
+def test_names_match_the_agents():
+    from agents.jackpot import AGENT as POOLS
+    from agents.wallet import AGENT as WALLETS
 
-    assert LEDGER_FLUSH_CONSUMER == CONSUMER_NAME
-    settings = Settings.from_env({"FAUST_APP_ID": "bankroll-x", "TOPIC_PREFIX": "env."})
-    # Faust does not know Bankroll's topic prefix: the changelog carries the app id only.
-    assert changelog_topic(settings) == "bankroll-x-wallets-changelog"
+    assert (WALLET_AGENT, POOL_AGENT) == (WALLETS, POOLS)
 
 
 async def test_an_unreachable_service_is_an_error_not_drift():
-    # A broker named by URL is a real one, which refuses the public local seed secret.
-    settings = Settings.from_env({"KAFKA_URL": f"kafka://127.0.0.1:{free_port()}",
-                                  "JACKPOT_SEED_SECRET": "reconcile-test-seed-secret"})
+    settings = Settings.from_env({"DATABASE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"})
     out = io.StringIO()
     assert await run(settings, out=out) == EXIT_ERROR
     assert out.getvalue().startswith("ERROR: could not reconcile")
@@ -257,22 +248,6 @@ async def test_credited_deposits_reconcile_with_zero_drift(stack, client):
     done = reconcile_command(stack)
     assert done.returncode == EXIT_OK, done.stdout + done.stderr
     assert "total absolute drift 0 minor units" in done.stdout
-
-
-@pytest.mark.integration
-async def test_the_postings_topic_is_found_after_a_changelog_was_read(stack, client):
-    """An assignment narrows a consumer's metadata to the assigned topics: reading the
-    postings topic's end with the consumer that read the wallets changelog found no
-    partitions, so the wait for the ledger flush never waited. Each read has its own."""
-    [player_id] = await credited_players(stack, client, [(1_000, 0)])
-    async with topic_reader(stack.settings) as consumer:
-        records = await read_changelog(consumer, changelog_topic(stack.settings), timeout_s=60.0)
-        assert (stack.tenant_id, player_id) in records
-        with pytest.raises(ReconcileError):
-            await end_offsets(consumer, topic_name(stack.settings, LEDGER_POSTINGS), timeout_s=5.0)
-    async with topic_reader(stack.settings) as consumer:
-        ends = await end_offsets(consumer, topic_name(stack.settings, LEDGER_POSTINGS), timeout_s=5.0)
-    assert len(ends) == stack.settings.topic_partitions and sum(ends.values()) >= 1
 
 
 def rows_of(report: Report, player_id: str) -> list[AccountRow]:

@@ -14,11 +14,9 @@ from app.domain.jackpot.state import OperationRecord, PoolState, Totals
 from app.domain.ledger import account_deltas
 from app.reconcile import (
     CACHED, EXIT_DRIFT, EXIT_OK, NOT_A_RECORD_ACCOUNT, NOT_CACHED, POOL_OPERATION_MARK, RESERVE, SIZE, PoolAmount,
-    PoolReport, PoolRow, PoolSnapshot, Report, UnbalancedPool, apply_pool_changelog, changelog_topic, compare,
+    PoolReport, PoolRow, PoolSnapshot, Report, UnbalancedPool, apply_pool_changelog, compare,
     compare_pools, confirm, parse_pool_account, parse_pool_snapshot, pool_record, render,
 )
-from app.streaming import POOL_TABLE
-from config import Settings
 from tests.unit.test_jackpot_scenarios import LIABILITY, RESERVE as RESERVE_ACCOUNT, World, create
 
 T = "dev"  # the World's tenant
@@ -233,12 +231,10 @@ def test_the_pools_changelog_folds_into_the_latest_pool_record_and_skips_operati
     assert records == {}
 
 
-def test_pool_names_match_the_agent_and_faust():
+def test_pool_names_match_the_agent():
     from agents.jackpot import OPERATION_MARK, is_pool_key
 
     assert POOL_OPERATION_MARK == OPERATION_MARK and not is_pool_key(b"t|p" + POOL_OPERATION_MARK + b"x")
-    settings = Settings.from_env({"FAUST_APP_ID": "bankroll-x", "TOPIC_PREFIX": "env."})
-    assert changelog_topic(settings, POOL_TABLE) == "bankroll-x-pools-changelog"
 
 
 def test_the_pool_snapshot_json_is_read_per_tier():

@@ -419,7 +419,7 @@ def test_a_round_takes_the_stake_and_pays_the_win_in_one_operation():
     assert {p.operation_id for p in d.postings} == {"round:acme:r1"}
     assert (w.bal("CASH"), w.bal("HOLD")) == (1_150, 0)
     replay = w.do(PlayRound("r1", "acme", 100, 250, "EUR", "casino"), key="round:acme:r1")
-    assert replay.replayed and replay.postings == d.postings and w.bal("CASH") == 1_150
+    assert replay.replayed and replay.postings == () and w.bal("CASH") == 1_150
     assert w.code(PlayRound("r2", "acme", 0, 40, "EUR", "casino")) is R.OK  # a free-spin win
     assert w.code(PlayRound("r3", "acme", 5_000, 0, "EUR", "casino")) is R.INSUFFICIENT_FUNDS
     assert_books(w)

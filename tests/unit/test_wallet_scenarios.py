@@ -11,6 +11,7 @@ from app.domain.wallet.core import (
     Context,
     CreatePlayer,
     RequestDeposit,
+    Rules,
     WalletResult,
     WalletState,
     check_wallet,
@@ -130,12 +131,15 @@ def test_second_verdict_on_a_final_deposit_is_refused():
     assert after.balance("CASH", "EUR") == 10_000
 
 
-def test_replay_returns_the_first_result_and_re_emits_the_first_postings():
+def test_replay_returns_the_first_result_and_emits_no_postings_again():
+    # A record is stored only with the postings of the decision that made it, so a
+    # replay's postings are durable already.
     state, first = apply(with_pending_deposit(), psp(fee=10), "psp:sandbox:e1")
     again, replay = apply(state, psp(fee=10), "psp:sandbox:e1")
+    assert first.postings
     assert replay.replayed
     assert replay.outcome == first.outcome
-    assert replay.postings == first.postings
+    assert replay.postings == ()
     assert replay.events == ()
     assert again is state  # nothing changed, not even the version
 
@@ -147,13 +151,43 @@ def test_same_key_with_a_different_request_is_a_conflict():
     assert decision.postings == ()
 
 
-def test_operation_ids_are_kept_for_the_retention_period_then_pruned():
+def test_the_operations_window_is_bounded_in_time_and_count():
+    rules = Rules(operation_window_ms=60_000, operation_window_count=3)
+
+    def at(state, n, now_ms):
+        decision = decide(state, RequestDeposit(f"d{n}", "p1", 100, "EUR", "card"),
+                          Context("dev", f"deposit:k{n}", "h", now_ms, RETENTION_MS, rules))
+        return evolve(state, decision.events)
+
+    state = at(registered(), 1, now_ms=1_000)  # the player was created at 1_000 too
+    state = at(state, 2, now_ms=61_000)
+    assert set(state.operations) == {"player:p1", "deposit:k1", "deposit:k2"}  # exactly the window's age
+    state = at(state, 3, now_ms=61_001)
+    assert set(state.operations) == {"deposit:k2", "deposit:k3"}
+    for n in range(4, 9):
+        state = at(state, n, now_ms=61_001 + n)
+    assert set(state.operations) == {"deposit:k6", "deposit:k7", "deposit:k8"}
+
+
+def test_closed_items_are_kept_for_the_retention_at_most_the_newest_few():
+    rules = Rules(closed_kept_per_kind=2)
     state = registered()
-    state, _ = apply(state, RequestDeposit("d1", "p1", 100, "EUR", "card"), "deposit:old", now_ms=0)
-    state, _ = apply(state, RequestDeposit("d2", "p1", 100, "EUR", "card"), "deposit:new", now_ms=RETENTION_MS)
-    assert "deposit:old" in state.operations  # exactly 72 h old: still kept
-    state, _ = apply(state, RequestDeposit("d3", "p1", 100, "EUR", "card"), "deposit:x", now_ms=RETENTION_MS + 1)
-    assert "deposit:old" not in state.operations and "deposit:new" in state.operations
+    for n in range(5):
+        command = RequestDeposit(f"d{n}", "p1", 100, "EUR", "card")
+        state = evolve(state, decide(state, command, Context("dev", f"deposit:k{n}", "h", 10 + n, RETENTION_MS,
+                                                             rules)).events)
+        verdict = ApplyPspResult("sandbox", f"e{n}", f"d{n}", "FAILED", 100, "EUR", 0)
+        state = evolve(state, decide(state, verdict, Context("dev", f"psp:e{n}", "h", 10 + n, RETENTION_MS,
+                                                             rules)).events)
+    assert set(state.deposits) == {"d3", "d4"}
+    # A closed deposit no longer in the record is still known by its claim.
+    late = ApplyPspResult("sandbox", "e9", "d0", "SUCCEEDED", 100, "EUR", 0)
+    decision = decide(state, late, Context("dev", "psp:e9", "h", 9, RETENTION_MS, rules,
+                                           claimed=frozenset({"deposit:d0"})))
+    assert decision.outcome.code is WalletResult.DEPOSIT_ALREADY_FINAL
+    again = decide(state, RequestDeposit("d0", "p1", 100, "EUR", "card"),
+                   Context("dev", "deposit:other", "h", 9, RETENTION_MS, rules, claimed=frozenset({"deposit:d0"})))
+    assert again.outcome.code is WalletResult.DEPOSIT_EXISTS and again.events == ()
 
 
 def test_version_counts_state_changes():

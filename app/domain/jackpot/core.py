@@ -46,6 +46,7 @@ from enum import StrEnum
 from typing import Callable, Iterable, Union
 
 from app.domain.audit import AuditRecord
+from app.domain import idempotency
 from app.domain.errors import InvariantViolation
 from app.domain.jackpot.chain import ChainEntry, ChainHead, make_entry
 from app.domain.jackpot.rng import (
@@ -509,11 +510,22 @@ def config_dict(config: PoolConfig) -> dict:
 
 
 def request_hash(command: object) -> str:
-    """Hash of a command's content: the same request always hashes the same. repr, not
-    JSON, so a malformed field (a float amount) still hashes and is then refused by the
-    handler as a value instead of failing here."""
+    """Hash of a command's content, canonical and versioned (app.domain.idempotency): the
+    same request always hashes the same, and a field added later with a default keeps
+    the hash of every request made before."""
+    return idempotency.request_hash(idempotency.meaning_of(command))
+
+
+def legacy_request_hash(command: object) -> str:
+    """The hash stored before hashes were versioned: the repr of the command's fields."""
     body = repr((type(command).__name__, dataclasses.astuple(command)))
     return hashlib.sha256(body.encode()).hexdigest()
+
+
+def same_request(stored: str, command: object, current: str) -> bool:
+    if stored.startswith(f"{idempotency.VERSION}:"):
+        return stored == current
+    return stored == legacy_request_hash(command)
 
 
 def operation_key(command: object, ctx: Context) -> str:
@@ -725,7 +737,7 @@ def decide(state: PoolState, command: Command, ctx: Context) -> Decision:
     request = request_hash(command)
     recorded = state.operations.get(key) if key else None
     if recorded is not None:
-        if recorded.request_hash != request:
+        if not same_request(recorded.request_hash, command, request):
             if isinstance(command, CreatePool):
                 return _reject(JackpotResult.POOL_EXISTS, "a pool with this id exists with another configuration")
             return _reject(JackpotResult.IDEMPOTENCY_CONFLICT, "this id was already used with a different request")

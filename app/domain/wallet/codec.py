@@ -2,17 +2,18 @@
 
 Plain lists and maps, field by field, so the record stays readable by any msgpack tool
 and a renamed Python attribute cannot silently change the stored format. Format 1
-records (before holds, withdrawals, bonuses and limits existed) still decode."""
+records (before holds, withdrawals, bonuses and limits existed) and format 2 records
+(whose operations carried their postings, now stored with the record in PostgreSQL
+instead) still decode."""
 from __future__ import annotations
 
 import msgpack
 
-from app.domain.ledger import Posting
 from app.domain.wallet.state import (
     Bonus, Hold, Limits, OperationRecord, PendingDeposit, WalletState, Withdrawal,
 )
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 
 def encode_state(state: WalletState) -> bytes:
@@ -50,19 +51,21 @@ def encode_state(state: WalletState) -> bytes:
             "usage": state.usage,
             "session": [state.session_started_ms, state.last_bet_ms],
             "kyc": [state.kyc_status, state.aml_hold],
-            "ops": {
-                key: [r.request_hash, r.code, r.body, r.at_ms, [p.to_wire() for p in r.postings]]
-                for key, r in state.operations.items()
-            },
+            "ops": {key: [r.request_hash, r.code, r.body, r.at_ms] for key, r in state.operations.items()},
             "version": state.version,
         },
         use_bin_type=True,
     )
 
 
+def record_version(raw: bytes) -> int:
+    """The version of an encoded record, read without building the state."""
+    return msgpack.unpackb(raw, raw=False, strict_map_key=False)["version"]
+
+
 def decode_state(raw: bytes) -> WalletState:
     d = msgpack.unpackb(raw, raw=False, strict_map_key=False)
-    if d.get("v") not in (1, FORMAT_VERSION):
+    if d.get("v") not in (1, 2, FORMAT_VERSION):
         raise ValueError(f"unknown wallet record format {d.get('v')!r}")
     values, pending, cool_off, excluded = d.get("limits", [{}, {}, 0, 0])
     session_started, last_bet = d.get("session", [0, 0])
@@ -89,9 +92,6 @@ def decode_state(raw: bytes) -> WalletState:
         last_bet_ms=last_bet,
         kyc_status=kyc_status,
         aml_hold=aml_hold,
-        operations={
-            key: OperationRecord(h, code, body, at_ms, tuple(Posting.from_wire(p) for p in postings))
-            for key, (h, code, body, at_ms, postings) in d["ops"].items()
-        },
+        operations={key: OperationRecord(*row[:4]) for key, row in d["ops"].items()},
         version=d["version"],
     )

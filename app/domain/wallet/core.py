@@ -5,9 +5,16 @@
 
 Time, retention, limits and rates come in through the command and ``ctx``; nothing here
 awaits or reads a clock. Replaying a command whose operation id is already recorded
-returns the recorded result and re-emits the recorded postings, because the first run's
-outputs may never have left the process (at-least-once delivery; the ledger dedupes on
-(operation_id, leg)). A rejection changes nothing, not even the record of operation ids.
+returns the recorded result and emits no postings: a record is stored only together with
+the postings of the decision that made it, so they are durable already. A rejection
+changes nothing, not even the record of operation ids.
+
+The record keeps a short window of recent operations and closed items (holds, deposits,
+withdrawals, bonuses), bounded in time and count whatever the player's history. Older
+answers and the ids of items no longer in the record are kept in storage; the agent
+hands a decision the ones its command names: recorded answers by putting them into
+`state.operations`, and ids already taken by putting their claims (`claim_of`) into
+`ctx.claimed`.
 """
 from __future__ import annotations
 
@@ -19,6 +26,7 @@ from typing import Callable, Union
 
 from app.domain.audit import AuditRecord
 from app.domain.errors import InvariantViolation
+from app.domain.idempotency import same_request
 from app.domain.ledger import WALLET_TYPES, Posting, account_deltas, check_postings, player_account, system_account
 from app.domain.money import MAX_AMOUNT_MINOR, minor_exponent
 from app.domain.wallet.calendar import MINUTE_MS, PERIODS, period_key
@@ -58,6 +66,8 @@ class WalletResult(StrEnum):
     WITHDRAWAL_NOT_FOUND = "withdrawal_not_found"
     WITHDRAWAL_ALREADY_FINAL = "withdrawal_already_final"
     BONUS_EXISTS = "bonus_exists"
+    CONVERSION_EXISTS = "conversion_exists"
+    ADJUSTMENT_EXISTS = "adjustment_exists"
     SAME_CURRENCY = "same_currency"
     INVALID_RATE = "invalid_rate"
     AMOUNT_TOO_SMALL = "amount_too_small"
@@ -270,6 +280,11 @@ class Rules:
     max_deposits_per_hour: int = 20
     max_withdrawals_per_hour: int = 5
     blocked_destinations: frozenset[str] = frozenset()
+    # The record's window: operations answered within this long, at most this many, and
+    # at most this many closed items of each kind (the newest).
+    operation_window_ms: int = 600_000
+    operation_window_count: int = 8
+    closed_kept_per_kind: int = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,6 +295,9 @@ class Context:
     now_ms: int
     retention_ms: int
     rules: Rules = field(default_factory=Rules)
+    # Claims (see claim_of) of ids taken by items no longer in the record, or by another
+    # player: looked up in storage by the agent before the decision.
+    claimed: frozenset[str] = frozenset()
 
 
 # ---------------------------------------------------------------- events
@@ -340,9 +358,17 @@ class BalancesChanged:
 
 @dataclass(frozen=True, slots=True)
 class OperationRecorded:
+    """An operation's answer enters the record's window. The window and the closed items
+    are trimmed at the same time: operations answered before `prune_before_ms` or beyond
+    the newest `keep_operations`; closed items closed before `closed_before_ms` or beyond
+    the newest `keep_closed` of their kind."""
+
     key: str
     record: OperationRecord
     prune_before_ms: int
+    keep_operations: int = 8
+    closed_before_ms: int = 0
+    keep_closed: int = 8
 
 
 Event = Union[
@@ -553,13 +579,37 @@ def _turnover(state: WalletState, ctx: Context, legs: _Legs, stake_minor: int, c
 
 # ---------------------------------------------------------------- decide
 
+def claim_of(command: Command) -> str | None:
+    """The id a command creates or names, as it is claimed for good in storage: a second
+    item may never take an id (its postings' operation ids are derived from it)."""
+    if isinstance(command, (RequestDeposit, ApplyPspResult)):
+        return f"deposit:{command.deposit_id}"
+    if isinstance(command, (PlaceBet, SettleBet, CancelBet)):
+        return f"bet:{command.bet_id}"
+    if isinstance(command, (CaptureHold, ReleaseHold)):
+        return command.hold_id  # bet:{id} or withdrawal:{id}, the claims of what holds
+    if isinstance(command, (RequestWithdrawal, ApplyWithdrawalResult)):
+        return f"withdrawal:{command.withdrawal_id}"
+    if isinstance(command, GrantBonus):
+        return f"bonus:{command.bonus_id}"
+    if isinstance(command, ConvertFx):
+        return f"fx:{command.conversion_id}"
+    if isinstance(command, Adjust):
+        return f"adjustment:{command.adjustment_id}"
+    return None
+
+
+# Commands whose success takes their claim's id.
+CLAIMING = (RequestDeposit, PlaceBet, RequestWithdrawal, GrantBonus, ConvertFx, Adjust)
+
+
 def decide(state: WalletState, command: Command, ctx: Context) -> Decision:
     recorded = state.operations.get(ctx.operation_key) if ctx.operation_key else None
     if recorded is not None:
-        if recorded.request_hash != ctx.request_hash:
+        if not same_request(recorded.request_hash, ctx.request_hash):
             return _reject(WalletResult.IDEMPOTENCY_CONFLICT,
                            "this idempotency key was already used with a different request")
-        return Decision(Outcome(WalletResult(recorded.code), recorded.body), (), recorded.postings, replayed=True)
+        return Decision(Outcome(WalletResult(recorded.code), recorded.body), (), (), replayed=True)
 
     handler = _HANDLERS.get(type(command))
     if handler is None:
@@ -570,12 +620,13 @@ def decide(state: WalletState, command: Command, ctx: Context) -> Decision:
     check_postings(decision.postings)
     if not decision.outcome.ok or not ctx.operation_key:
         return decision
-    record = OperationRecord(ctx.request_hash, str(decision.outcome.code), decision.outcome.body, ctx.now_ms,
-                             decision.postings)
-    return dataclasses.replace(
-        decision,
-        events=decision.events + (OperationRecorded(ctx.operation_key, record, ctx.now_ms - ctx.retention_ms),),
+    record = OperationRecord(ctx.request_hash, str(decision.outcome.code), decision.outcome.body, ctx.now_ms)
+    rules = ctx.rules
+    recorded_event = OperationRecorded(
+        ctx.operation_key, record, ctx.now_ms - rules.operation_window_ms, rules.operation_window_count,
+        ctx.now_ms - ctx.retention_ms, rules.closed_kept_per_kind,
     )
+    return dataclasses.replace(decision, events=decision.events + (recorded_event,))
 
 
 def _create_player(state: WalletState, cmd: CreatePlayer, ctx: Context) -> Decision:
@@ -638,7 +689,7 @@ def _set_status(state: WalletState, cmd: SetPlayerStatus, ctx: Context) -> Decis
 def _request_deposit(state: WalletState, cmd: RequestDeposit, ctx: Context) -> Decision:
     if cmd.currency != state.currency:
         return _reject(WalletResult.CURRENCY_NOT_SUPPORTED, f"the player's wallets are in {state.currency}")
-    if cmd.deposit_id in state.deposits:
+    if cmd.deposit_id in state.deposits or claim_of(cmd) in ctx.claimed:
         return _reject(WalletResult.DEPOSIT_EXISTS, "a deposit with this id exists under another idempotency key")
     refused = _exclusion(state, ctx) or _limit_check(state, ctx, "deposit", cmd.amount_minor,
                                                      WalletResult.DEPOSIT_LIMIT_EXCEEDED)
@@ -655,6 +706,8 @@ def _request_deposit(state: WalletState, cmd: RequestDeposit, ctx: Context) -> D
 
 def _apply_psp_result(state: WalletState, cmd: ApplyPspResult, ctx: Context) -> Decision:
     deposit = state.deposits.get(cmd.deposit_id)
+    if deposit is None and claim_of(cmd) in ctx.claimed:
+        return _reject(WalletResult.DEPOSIT_ALREADY_FINAL, "the deposit is already final")
     if deposit is None:
         return _reject(WalletResult.DEPOSIT_NOT_FOUND, "no such deposit")
     if deposit.state != "PENDING":
@@ -688,7 +741,7 @@ def _place_bet(state: WalletState, cmd: PlaceBet, ctx: Context) -> Decision:
     if policy is None:
         return _reject(WalletResult.POLICY_NOT_FOUND, f"no spend policy {cmd.policy!r}")
     hold_id = f"bet:{cmd.bet_id}"
-    if hold_id in state.holds:
+    if hold_id in state.holds or hold_id in ctx.claimed:
         return _reject(WalletResult.BET_EXISTS, "a bet with this id exists under another idempotency key")
     refused = _stake_checks(state, ctx, cmd.amount_minor)
     if refused:
@@ -711,8 +764,10 @@ def _place_bet(state: WalletState, cmd: PlaceBet, ctx: Context) -> Decision:
     return Decision(Outcome(WalletResult.CREATED, body), events, postings)
 
 
-def _bet_hold(state: WalletState, bet_id: str) -> Hold | Decision:
+def _bet_hold(state: WalletState, bet_id: str, ctx: Context) -> Hold | Decision:
     hold = state.holds.get(f"bet:{bet_id}")
+    if hold is None and f"bet:{bet_id}" in ctx.claimed:
+        return _reject(WalletResult.HOLD_NOT_OPEN, "the bet's hold is closed")
     if hold is None:
         return _reject(WalletResult.BET_NOT_FOUND, "no such bet")
     if hold.state == "SETTLED":
@@ -723,7 +778,7 @@ def _bet_hold(state: WalletState, bet_id: str) -> Hold | Decision:
 
 
 def _settle_bet(state: WalletState, cmd: SettleBet, ctx: Context) -> Decision:
-    hold = _bet_hold(state, cmd.bet_id)
+    hold = _bet_hold(state, cmd.bet_id, ctx)
     if isinstance(hold, Decision):
         return hold
     if (cmd.result == "LOSS") != (cmd.payout_minor == 0):
@@ -747,7 +802,7 @@ def _settle_bet(state: WalletState, cmd: SettleBet, ctx: Context) -> Decision:
 
 
 def _cancel_bet(state: WalletState, cmd: CancelBet, ctx: Context) -> Decision:
-    hold = _bet_hold(state, cmd.bet_id)
+    hold = _bet_hold(state, cmd.bet_id, ctx)
     if isinstance(hold, Decision):
         return hold
     legs = _Legs(state, ctx, f"bet:{cmd.bet_id}:cancel", "bet cancelled: hold released to its sources")
@@ -769,6 +824,8 @@ def _capture_account(hold: Hold, psp: str = "") -> tuple[str, str]:
 
 def _capture_hold(state: WalletState, cmd: CaptureHold, ctx: Context) -> Decision:
     hold = state.holds.get(cmd.hold_id)
+    if hold is None and cmd.hold_id in ctx.claimed:
+        return _reject(WalletResult.HOLD_NOT_OPEN, "the hold is closed")
     if hold is None:
         return _reject(WalletResult.HOLD_NOT_FOUND, "no such hold")
     if not hold.open:
@@ -792,6 +849,8 @@ def _capture_hold(state: WalletState, cmd: CaptureHold, ctx: Context) -> Decisio
 
 def _release_hold(state: WalletState, cmd: ReleaseHold, ctx: Context) -> Decision:
     hold = state.holds.get(cmd.hold_id)
+    if hold is None and cmd.hold_id in ctx.claimed:
+        return _reject(WalletResult.HOLD_NOT_OPEN, "the hold is closed")
     if hold is None:
         return _reject(WalletResult.HOLD_NOT_FOUND, "no such hold")
     if not hold.open:
@@ -811,7 +870,7 @@ def _release_hold(state: WalletState, cmd: ReleaseHold, ctx: Context) -> Decisio
 def _request_withdrawal(state: WalletState, cmd: RequestWithdrawal, ctx: Context) -> Decision:
     if cmd.currency != state.currency:
         return _reject(WalletResult.CURRENCY_NOT_SUPPORTED, f"the player's wallets are in {state.currency}")
-    if cmd.withdrawal_id in state.withdrawals:
+    if cmd.withdrawal_id in state.withdrawals or claim_of(cmd) in ctx.claimed:
         return _reject(WalletResult.WITHDRAWAL_EXISTS, "a withdrawal with this id exists under another key")
     if state.kyc_status != "VERIFIED":
         return _refuse(state, ctx, WalletResult.KYC_REQUIRED, "withdrawals need a verified identity",
@@ -842,6 +901,8 @@ def _request_withdrawal(state: WalletState, cmd: RequestWithdrawal, ctx: Context
 
 def _apply_withdrawal_result(state: WalletState, cmd: ApplyWithdrawalResult, ctx: Context) -> Decision:
     withdrawal = state.withdrawals.get(cmd.withdrawal_id)
+    if withdrawal is None and claim_of(cmd) in ctx.claimed:
+        return _reject(WalletResult.WITHDRAWAL_ALREADY_FINAL, "the withdrawal is already final")
     if withdrawal is None:
         return _reject(WalletResult.WITHDRAWAL_NOT_FOUND, "no such withdrawal")
     hold = state.holds.get(withdrawal.hold_id)
@@ -874,7 +935,7 @@ def _apply_withdrawal_result(state: WalletState, cmd: ApplyWithdrawalResult, ctx
 def _grant_bonus(state: WalletState, cmd: GrantBonus, ctx: Context) -> Decision:
     if cmd.currency != state.currency:
         return _reject(WalletResult.CURRENCY_NOT_SUPPORTED, f"the player's wallets are in {state.currency}")
-    if cmd.bonus_id in state.bonuses:
+    if cmd.bonus_id in state.bonuses or claim_of(cmd) in ctx.claimed:
         return _reject(WalletResult.BONUS_EXISTS, "a bonus with this id exists under another idempotency key")
     legs = _Legs(state, ctx, f"bonus:{cmd.bonus_id}:grant",
                  f"bonus grant; wager {cmd.wager_required_minor} before conversion")
@@ -906,6 +967,8 @@ def _decimal_text(value: Decimal) -> str:
 def _convert_fx(state: WalletState, cmd: ConvertFx, ctx: Context) -> Decision:
     if cmd.from_currency == cmd.to_currency:
         return _reject(WalletResult.SAME_CURRENCY, "from and to currency are the same")
+    if claim_of(cmd) in ctx.claimed:
+        return _reject(WalletResult.CONVERSION_EXISTS, "a conversion with this id exists under another idempotency key")
     try:
         rate = Decimal(cmd.rate)
     except InvalidOperation:
@@ -935,6 +998,8 @@ def _convert_fx(state: WalletState, cmd: ConvertFx, ctx: Context) -> Decision:
 
 
 def _adjust(state: WalletState, cmd: Adjust, ctx: Context) -> Decision:
+    if claim_of(cmd) in ctx.claimed:
+        return _reject(WalletResult.ADJUSTMENT_EXISTS, "an adjustment with this id exists under another idempotency key")
     if cmd.amount_minor < 0 and state.balance(cmd.wallet, cmd.currency) < -cmd.amount_minor:
         return _reject(WalletResult.INSUFFICIENT_FUNDS, f"the {cmd.wallet} wallet holds too little")
     legs = _Legs(state, ctx, f"adjustment:{cmd.adjustment_id}", cmd.reason)
@@ -1087,14 +1152,9 @@ def evolve(state: WalletState, events: tuple[Event, ...]) -> WalletState:
             for key, delta in event.deltas:
                 balances[key] = balances.get(key, 0) + delta
         elif isinstance(event, OperationRecorded):
-            cutoff = event.prune_before_ms
-            # Operation ids and closed items older than the retention period are dropped.
-            # Received times come from several web processes, so they are not in order.
-            operations = {k: v for k, v in operations.items() if v.at_ms >= cutoff}
-            operations[event.key] = event.record
+            operations = _window(operations, event)
             for table in (deposits, holds, withdrawals, bonuses):
-                for key in [k for k, v in table.items() if 0 < v.closed_at_ms < cutoff]:
-                    del table[key]
+                _trim_closed(table, event.closed_before_ms, event.keep_closed)
         else:
             raise InvariantViolation(f"unknown wallet event {type(event).__name__}")
     new_state = dataclasses.replace(
@@ -1103,6 +1163,27 @@ def evolve(state: WalletState, events: tuple[Event, ...]) -> WalletState:
     )
     check_wallet(new_state)
     return new_state
+
+
+def _window(operations: dict[str, OperationRecord], event: OperationRecorded) -> dict[str, OperationRecord]:
+    """The operations window once the event's operation joins it. Received times come
+    from several web processes, so they are not in order: the newest by time are kept."""
+    kept = [(k, v) for k, v in operations.items() if v.at_ms >= event.prune_before_ms and k != event.key]
+    if len(kept) >= event.keep_operations:
+        kept.sort(key=lambda item: item[1].at_ms)
+        kept = kept[len(kept) - event.keep_operations + 1:] if event.keep_operations > 1 else []
+    window = dict(kept)
+    window[event.key] = event.record
+    return window
+
+
+def _trim_closed(table: dict, closed_before_ms: int, keep: int) -> None:
+    """Drop closed items closed before the cutoff, and all but the newest `keep` closed."""
+    closed = sorted((v.closed_at_ms, k) for k, v in table.items() if v.closed_at_ms > 0)
+    old = {k for at_ms, k in closed if at_ms < closed_before_ms}
+    surplus = {k for _, k in closed[:max(0, len(closed) - keep)]}
+    for key in old | surplus:
+        del table[key]
 
 
 def check_wallet(state: WalletState) -> None:
