@@ -25,6 +25,7 @@ bench: $(STAMP)
 	$(PY) -m bench.bets
 	$(PY) -m bench.rounds
 	$(PY) -m bench.jackpot
+	$(PY) -m bench.state
 
 clean:
 	rm -rf .run

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Iterable, MutableMapping, Protocol, Sequence
+from typing import Any, Awaitable, Callable, Iterable, MutableMapping, Protocol, Sequence, TypeVar
 
 from storage.ports import AgentStore, BatchCommit
 
 log = logging.getLogger("bankroll.batch")
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,19 +68,56 @@ class FaustRecordTable:
     Faust routes a table write to the changelog partition of the event being processed,
     and refuses one made outside of an event; a batch has many events. So the store is
     written directly and each changelog write names its partition, which is the partition
-    of the record's key on the co-partitioned input topics."""
+    of the record's key on the co-partitioned input topics.
 
-    def __init__(self, table: Any) -> None:
+    Every record is in PostgreSQL before it reaches the table, and a worker that takes a
+    partition over restores from PostgreSQL whatever the changelog lacks or has older. So
+    the changelog is the fast path of a recovery, not its truth, and a busy key need not
+    be sent to it after every batch: with `changelog_interval_ms` a key is sent at most
+    once per interval, its newest record (`flush_changelog` sends those that are due).
+    That keeps a broker that retains every record it is sent (the embedded one) from
+    growing with every operation of every hot player and pool."""
+
+    def __init__(self, table: Any, changelog_interval_ms: int = 0) -> None:
         self.table = table
+        self.changelog_interval_ms = changelog_interval_ms
+        self._sent_at_ms: dict[bytes, int] = {}
+        self._due: dict[bytes, int] = {}  # key -> partition, of records not sent yet
 
     def get(self, key: bytes) -> bytes | None:
         return self.table.data.get(key)
 
-    def write(self, partition: int, records: Sequence[tuple[bytes, bytes]]) -> None:
+    def write(self, partition: int, records: Sequence[tuple[bytes, bytes]], now_ms: int | None = None) -> None:
         data = self.table.data
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
         for key, value in records:
             data[key] = value
-            self.table.send_changelog(partition, key, value)
+            if now_ms - self._sent_at_ms.get(key, -self.changelog_interval_ms) >= self.changelog_interval_ms:
+                self._send(partition, key, value, now_ms)
+            else:
+                self._due[key] = partition
+
+    def flush_changelog(self, owned: set[int], now_ms: int | None = None, everything: bool = False) -> int:
+        """Send the records held back whose interval is over (all of them with
+        `everything`); a record of a partition no longer owned is dropped, its new owner
+        having restored it from PostgreSQL. Returns how many were sent."""
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        sent = 0
+        for key, partition in list(self._due.items()):
+            if partition not in owned:
+                del self._due[key]
+            elif everything or now_ms - self._sent_at_ms.get(key, 0) >= self.changelog_interval_ms:
+                del self._due[key]
+                value = self.table.data.get(key)
+                if value is not None:
+                    self._send(partition, key, value, now_ms)
+                    sent += 1
+        return sent
+
+    def _send(self, partition: int, key: bytes, value: bytes, now_ms: int) -> None:
+        self._due.pop(key, None)
+        self._sent_at_ms[key] = now_ms
+        self.table.send_changelog(partition, key, value)
 
     def load(self, records: Sequence[tuple[bytes, bytes]]) -> None:
         data = self.table.data
@@ -131,6 +171,58 @@ async def commit_durably(store: AgentStore, commit: BatchCommit, *, retry_delay_
             log.warning("commit of a %s batch failed (attempt %d, %d postings): %r", commit.agent, attempt,
                         len(commit.postings), exc)
             await asyncio.sleep(min(retry_delay_s * attempt, max_delay_s))
+
+
+async def read_durably(what: str, read: Callable[[], Awaitable[Any]], *, retry_delay_s: float = 0.2,
+                       max_delay_s: float = 5.0) -> Any:
+    """A read a batch cannot be decided without (stored answers, claims, records), retried
+    while PostgreSQL is unreachable: the batch waits, it is neither skipped nor failed."""
+    attempt = 0
+    while True:
+        try:
+            return await read()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            attempt += 1
+            log.warning("reading %s for a batch failed (attempt %d): %r", what, attempt, exc)
+            await asyncio.sleep(min(retry_delay_s * attempt, max_delay_s))
+
+
+# How often a batch is decided again after a refused commit (a record another worker
+# wrote, an id another player claimed) before the agent gives up: each refusal means a
+# rebalance moved keys under the batch, which settles within a few tries.
+MAX_DECISION_ROUNDS = 10
+
+
+async def decide_and_commit(store: AgentStore, table: RecordTable,
+                            decide: Callable[[], Awaitable[tuple[T, BatchCommit]]]) -> tuple[T, BatchCommit]:
+    """Decide a batch and commit it; when the commit is refused, decide it again on the
+    stored records (StaleRecords) or knowing the claims (ClaimTaken)."""
+    from storage.ports import ClaimTaken, StaleRecords
+
+    for _ in range(MAX_DECISION_ROUNDS):
+        decided, commit = await decide()
+        try:
+            await commit_durably(store, commit)
+            return decided, commit
+        except StaleRecords as exc:
+            # Another worker wrote these records since this one loaded them.
+            fresh = await read_durably("records", lambda: store.records_of(commit.agent, exc.keys))
+            table.load([(key, raw) for key, (_, raw) in fresh.items()])
+            log.warning("records changed under a batch, deciding it again: %s", exc)
+        except ClaimTaken as exc:
+            log.warning("ids of a batch were claimed meanwhile, deciding it again: %s", exc)
+    raise RuntimeError(f"a {commit.agent} batch was refused {MAX_DECISION_ROUNDS} times in a row")
+
+
+def write_records(table: RecordTable, commit: BatchCommit) -> None:
+    """The committed records into the table: one changelog write each, on its partition."""
+    by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
+    for write in commit.records:
+        by_partition.setdefault(write.partition, []).append((write.key, write.record))
+    for partition, records in by_partition.items():
+        table.write(partition, records)
 
 
 Sender = Callable[[str, bytes, bytes], Awaitable[None]]

@@ -19,7 +19,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from agents.batch import Message, RecordTable, Sender, commit_durably, positions_of
+from agents.batch import (
+    Message, RecordTable, Sender, decide_and_commit, positions_of, read_durably, write_records,
+)
 from agents.wallet import POOL_SNAPSHOT, ExpiryScheduler, OutputBuffer, owns_key, partition_of, poison as _poison
 from app.domain.jackpot.codec import decode_operation, decode_state, encode_operation, encode_state
 from app.domain.jackpot.core import (
@@ -33,12 +35,11 @@ from app.messages import (
 )
 from app.metrics import AGENT_SECONDS, JP_CONTRIBUTIONS_REFUSED, JP_PAYOUT_SECONDS, JP_POOL_SIZE
 from config import Settings
-from storage.ports import AgentStore, AnswerWrite, BatchCommit, RecordWrite, StaleRecords
+from storage.ports import AgentStore, AnswerWrite, BatchCommit, RecordWrite
 
 log = logging.getLogger("bankroll.jackpot")
 
 AGENT = "pool"
-MAX_DECISION_ROUNDS = 10
 # Keys tenant|pool|op|{operation} held operation records beside the pool record before
 # answers moved to PostgreSQL; a table restored from an old changelog may still have them.
 OPERATION_MARK = b"|op|"
@@ -179,7 +180,8 @@ async def decide_batch(deps: JackpotAgentDeps, items: Sequence[_Item], sends: li
             key = operation_key(item.envelope.command(), ctx)
             if key:
                 wanted.add((item.key, key))
-    stored = {pair: decode_operation(raw) for pair, raw in (await deps.store.answers(AGENT, wanted)).items()}
+    found = await read_durably("stored answers", lambda: deps.store.answers(AGENT, wanted))
+    stored = {pair: decode_operation(raw) for pair, raw in found.items()}
     for item in items:
         started = time.perf_counter()
         if item.saga is not None:
@@ -299,25 +301,15 @@ def commit_of(deps: JackpotAgentDeps, decided: _Decided, messages: Sequence[Mess
 
 
 async def run_batch(deps: JackpotAgentDeps, messages: Sequence[Message]) -> None:
-    for _ in range(MAX_DECISION_ROUNDS):
+    """Decide, commit and emit one batch (see agents/wallet.py run_batch)."""
+
+    async def decide_once() -> tuple[_Decided, BatchCommit]:
         sends: list[tuple[str, bytes, bytes]] = []
-        items = parse(deps, messages, sends)
-        decided = await decide_batch(deps, items, sends)
-        commit = commit_of(deps, decided, messages)
-        try:
-            await commit_durably(deps.store, commit)
-            break
-        except StaleRecords as exc:
-            fresh = await deps.store.records_of(AGENT, exc.keys)
-            deps.table.load([(key, raw) for key, (_, raw) in fresh.items()])
-            log.warning("pool records changed under a batch, deciding it again: %s", exc)
-    else:
-        raise RuntimeError(f"a jackpot batch was refused {MAX_DECISION_ROUNDS} times in a row")
-    by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
-    for write in commit.records:
-        by_partition.setdefault(write.partition, []).append((write.key, write.record))
-    for partition, records in by_partition.items():
-        deps.table.write(partition, records)
+        decided = await decide_batch(deps, parse(deps, messages, sends), sends)
+        return decided, commit_of(deps, decided, messages)
+
+    decided, commit = await decide_and_commit(deps.store, deps.table, decide_once)
+    write_records(deps.table, commit)
     for key in decided.changed:
         deps.scheduler.schedule(key, next_timer_ms(decided.states[key], deps.rules))
     for state in decided.states.values():

@@ -20,7 +20,9 @@ from typing import Any, Awaitable, Callable, Iterable, Sequence
 import msgpack
 from aiokafka.partitioner import DefaultPartitioner
 
-from agents.batch import Message, RecordTable, Sender, commit_durably, positions_of
+from agents.batch import (
+    Message, RecordTable, Sender, decide_and_commit, positions_of, read_durably, write_records,
+)
 from app.api.validation import InvalidRequest
 from app.domain.jackpot.core import Contribute
 from app.domain.wallet.codec import decode_state, encode_state
@@ -36,15 +38,11 @@ from app.messages import (
 from app.metrics import AGENT_SECONDS, POISON_MESSAGES, ROUNDS_REJECTED
 from app.rounds import parse_round
 from config import Settings
-from storage.ports import AgentStore, AnswerWrite, BatchCommit, Claim, ClaimTaken, RecordWrite, StaleRecords
+from storage.ports import AgentStore, AnswerWrite, BatchCommit, Claim, RecordWrite
 
 log = logging.getLogger("bankroll.wallet")
 
 AGENT = "wallet"
-# How often a batch is decided again after a refused commit (a record another worker
-# wrote, an id another player claimed) before the agent gives up: each refusal means a
-# rebalance moved keys under the batch, which settles within a few tries.
-MAX_DECISION_ROUNDS = 10
 
 
 def rules_from_settings(settings: Settings) -> Rules:
@@ -338,8 +336,9 @@ async def decide_batch(deps: WalletAgentDeps, items: Sequence[_Item], outputs: _
                       and i.envelope.operation_key not in states[i.key].operations}
     wanted_claims = {(i.envelope.tenant_id, claim) for i in items if i.command is not None
                      for claim in (claim_of(i.command),) if claim}
-    stored, known = await asyncio.gather(deps.store.answers(AGENT, wanted_answers),
-                                         deps.store.claims(wanted_claims))
+    stored, known = await asyncio.gather(
+        read_durably("stored answers", lambda: deps.store.answers(AGENT, wanted_answers)),
+        read_durably("claims", lambda: deps.store.claims(wanted_claims)))
     stored_answers = {pair: decode_answer(raw) for pair, raw in stored.items()}
     claimed = set(known)
     for item in items:
@@ -443,33 +442,18 @@ def commit_of(deps: WalletAgentDeps, decided: _Decided, messages: Sequence[Messa
 async def run_batch(deps: WalletAgentDeps, messages: Sequence[Message]) -> None:
     """Decide, commit and emit one batch. Returns once the batch is durable and its
     outputs are on their way; the caller then acknowledges the messages."""
-    for _ in range(MAX_DECISION_ROUNDS):
+
+    async def decide_once() -> tuple[_Decided, BatchCommit]:
         outputs = _Outputs()
-        items = parse(deps, messages, outputs)
-        decided = await decide_batch(deps, items, outputs)
-        commit = commit_of(deps, decided, messages)
-        try:
-            await commit_durably(deps.store, commit)
-            break
-        except StaleRecords as exc:
-            # Another worker wrote these records since this one loaded them: take the
-            # stored ones and decide the batch again.
-            fresh = await deps.store.records_of(AGENT, exc.keys)
-            deps.table.load([(key, raw) for key, (_, raw) in fresh.items()])
-            log.warning("wallet records changed under a batch, deciding it again: %s", exc)
-        except ClaimTaken as exc:
-            log.warning("ids of a batch were claimed meanwhile, deciding it again: %s", exc)
-    else:
-        raise RuntimeError(f"a wallet batch was refused {MAX_DECISION_ROUNDS} times in a row")
+        decided = await decide_batch(deps, parse(deps, messages, outputs), outputs)
+        return decided, commit_of(deps, decided, messages)
+
+    decided, commit = await decide_and_commit(deps.store, deps.table, decide_once)
     await publish(deps, decided, commit)
 
 
 async def publish(deps: WalletAgentDeps, decided: _Decided, commit: BatchCommit) -> None:
-    by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
-    for write in commit.records:
-        by_partition.setdefault(write.partition, []).append((write.key, write.record))
-    for partition, records in by_partition.items():
-        deps.table.write(partition, records)
+    write_records(deps.table, commit)
     for key in decided.changed:
         deps.scheduler.schedule(key, decided.states[key].next_deadline_ms())
     for key, state in decided.states.items():

@@ -18,7 +18,7 @@ from prometheus_client import start_http_server
 
 from agents import jackpot as jackpot_agent
 from agents import wallet as wallet_agent_module
-from agents.batch import FaustRecordTable, Message, RecordTable
+from agents.batch import FaustRecordTable, Message, RecordTable, read_durably
 from agents.ledger_flush import run_ledger_flush
 from agents.wallet import POOL_SNAPSHOT, ExpiryScheduler, OutputBuffer, Snapshot, WalletAgentDeps, partition_of
 from app.domain.jackpot import core as jp
@@ -108,7 +108,8 @@ async def restore(table: RecordTable, store: AgentStore, agent: str, partitions:
     if not partitions:
         return 0
     newer = []
-    for key, version, raw in await store.records(agent, partitions):
+    for key, version, raw in await read_durably(f"the {agent} records of partitions {sorted(partitions)}",
+                                                lambda: store.records(agent, partitions)):
         current = table.get(key)
         if current is None or (current != raw and version_of(current) < version):
             newer.append((key, raw))
@@ -155,7 +156,9 @@ def build_worker(
     scanned_partitions: list[int] = []
     retention_ms = settings.idempotency_retention_s * 1000
     outputs = OutputBuffer(resources.flush_outputs)
-    wallets, pools = FaustRecordTable(streams.wallets), FaustRecordTable(streams.pools)
+    interval_ms = settings.changelog_interval_s * 1000
+    wallets = FaustRecordTable(streams.wallets, interval_ms)
+    pools = FaustRecordTable(streams.pools, interval_ms)
     names = {name: topic_name(settings, name) for name in (
         GAME_ROUNDS, GAME_ROUND_RESULTS, JP_COMMANDS, JP_CONTRIBUTION_RECORDED, JP_PAYOUT_REQUESTED,
         JP_PAYOUT_CREDITED, JP_PAYOUT_FAILED)}
@@ -247,6 +250,8 @@ def build_worker(
                    and app.tables.recovery.completed.is_set())
         assigned = sorted(owned_partitions(commands_topic))
         await resources.announce(worker_id, assigned if serving else [], metrics_url)
+        wallets.flush_changelog(set(assigned))
+        pools.flush_changelog(owned_partitions(jp_commands_topic))
         now_ms = int(time.time() * 1000)
         # Partitions that just arrived (a start, a rebalance after a worker died) are scanned
         # as soon as their tables are recovered, so their deadlines are not a scan late.

@@ -73,6 +73,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("IDEMPOTENCY_WINDOW_S", "600", "How long a player's recent answers stay in their record; older ones are read from PostgreSQL."),
     Setting("IDEMPOTENCY_WINDOW_OPS", "8", "At most this many recent answers stay in a player's record."),
     Setting("CLOSED_ITEMS_KEPT", "8", "Closed holds, deposits, withdrawals and bonuses a record keeps per kind (the newest)."),
+    Setting("CHANGELOG_INTERVAL_S", "10", "A record is sent to its table's changelog at most this often (0: after every batch); PostgreSQL has every version at once."),
     Setting("WORKER_BATCH_MAX", "1000", "Most messages an agent decides and commits as one batch."),
     Setting("WORKER_BATCH_WITHIN_MS", "5", "Longest an agent waits for a batch to fill before it decides what it has."),
     Setting("BET_HOLD_TTL_S", "120", "How long a bet's hold lives unsettled before it expires and is released."),
@@ -172,6 +173,7 @@ class Settings:
     idempotency_window_s: int
     idempotency_window_ops: int
     closed_items_kept: int
+    changelog_interval_s: int
     worker_batch_max: int
     worker_batch_within_ms: int
     bet_hold_ttl_s: int
@@ -247,6 +249,7 @@ class Settings:
             idempotency_window_s=_positive_int("IDEMPOTENCY_WINDOW_S", get("IDEMPOTENCY_WINDOW_S")),
             idempotency_window_ops=_positive_int("IDEMPOTENCY_WINDOW_OPS", get("IDEMPOTENCY_WINDOW_OPS")),
             closed_items_kept=_positive_int("CLOSED_ITEMS_KEPT", get("CLOSED_ITEMS_KEPT")),
+            changelog_interval_s=_non_negative_int("CHANGELOG_INTERVAL_S", get("CHANGELOG_INTERVAL_S")),
             worker_batch_max=_positive_int("WORKER_BATCH_MAX", get("WORKER_BATCH_MAX")),
             worker_batch_within_ms=_positive_int("WORKER_BATCH_WITHIN_MS", get("WORKER_BATCH_WITHIN_MS")),
             bet_hold_ttl_s=_positive_int("BET_HOLD_TTL_S", get("BET_HOLD_TTL_S")),

@@ -285,3 +285,32 @@ async def test_output_buffer_keeps_the_newest_snapshot_and_survives_a_failed_flu
     await _until(lambda: len(flushed) == 1)
     # The first batch was lost to the failure; the second carries only the newest snapshots.
     assert flushed == [([("wallet", "dev", "p1", 3, "{v3}"), ("wallet", "dev", "p2", 7, "{p2}")], [("chan", b"a")])]
+
+
+def test_a_hot_key_reaches_the_changelog_at_most_once_per_interval():
+    from agents.batch import FaustRecordTable
+
+    class Table:
+        def __init__(self) -> None:
+            self.data: dict = {}
+            self.sent: list = []
+
+        def send_changelog(self, partition, key, value) -> None:
+            self.sent.append((partition, key, value))
+
+    faust_table = Table()
+    table = FaustRecordTable(faust_table, changelog_interval_ms=10_000)
+    table.write(3, [(b"t|a", b"a1"), (b"t|b", b"b1")], now_ms=1_000)
+    table.write(3, [(b"t|a", b"a2")], now_ms=2_000)
+    table.write(3, [(b"t|a", b"a3")], now_ms=3_000)
+    # The store has every version at once; the changelog the first, then the newest when due.
+    assert faust_table.data == {b"t|a": b"a3", b"t|b": b"b1"}
+    assert faust_table.sent == [(3, b"t|a", b"a1"), (3, b"t|b", b"b1")]
+    assert table.flush_changelog({3}, now_ms=5_000) == 0
+    assert table.flush_changelog({3}, now_ms=11_000) == 1
+    assert faust_table.sent[-1] == (3, b"t|a", b"a3")
+    table.write(3, [(b"t|b", b"b2")], now_ms=12_000)
+    assert table.flush_changelog(set(), now_ms=30_000) == 0  # the partition moved: its new owner restored it
+    table.write(5, [(b"t|c", b"c1")], now_ms=30_000)
+    assert faust_table.sent[-1] == (5, b"t|c", b"c1")
+    assert FaustRecordTable(Table(), 0).changelog_interval_ms == 0
