@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Iterable, MutableMapping, Protocol, Sequence, TypeVar
 
+from app.domain.errors import InvariantViolation
 from storage.ports import AgentStore, BatchCommit
 
 log = logging.getLogger("bankroll.batch")
@@ -155,14 +156,14 @@ async def commit_durably(store: AgentStore, commit: BatchCommit, *, retry_delay_
     """Commit, retrying while PostgreSQL is unreachable or failing over: nothing of the
     batch may leave the worker before it is stored. Refusals of the batch itself
     (StaleRecords, ClaimTaken) are raised for the agent to decide again."""
-    from storage.ports import ClaimTaken, StaleRecords
+    from storage.ports import ClaimTaken, PostingsConflict, StaleRecords
 
     attempt = 0
     while True:
         try:
             await store.commit(commit)
             return
-        except (StaleRecords, ClaimTaken):
+        except (StaleRecords, ClaimTaken, PostingsConflict, InvariantViolation):
             raise
         except asyncio.CancelledError:
             raise
@@ -195,14 +196,24 @@ async def read_durably(what: str, read: Callable[[], Awaitable[Any]], *, retry_d
 MAX_DECISION_ROUNDS = 10
 
 
-async def decide_and_commit(store: AgentStore, table: RecordTable,
-                            decide: Callable[[], Awaitable[tuple[T, BatchCommit]]]) -> tuple[T, BatchCommit]:
-    """Decide a batch and commit it; when the commit is refused, decide it again on the
-    stored records (StaleRecords) or knowing the claims (ClaimTaken)."""
-    from storage.ports import ClaimTaken, StaleRecords
+def applied_before(postings: Iterable[Any], operations: set[tuple[str, str]]) -> bool:
+    """Whether a decision's postings belong to operations the ledger holds already."""
+    return any((p.tenant_id, p.operation_id) in operations for p in postings)
 
+
+async def decide_and_commit(
+    store: AgentStore, table: RecordTable,
+    decide: Callable[[set[tuple[str, str]]], Awaitable[tuple[T, BatchCommit]]],
+) -> tuple[T, BatchCommit]:
+    """Decide a batch and commit it; when the commit is refused, decide it again: on the
+    stored records (StaleRecords), knowing the claims (ClaimTaken), or refusing the
+    operations already in the ledger (PostingsConflict: `decide` gets their (tenant,
+    operation id) pairs and answers them with already_applied)."""
+    from storage.ports import ClaimTaken, PostingsConflict, StaleRecords
+
+    in_ledger: set[tuple[str, str]] = set()
     for _ in range(MAX_DECISION_ROUNDS):
-        decided, commit = await decide()
+        decided, commit = await decide(in_ledger)
         try:
             await commit_durably(store, commit)
             return decided, commit
@@ -213,6 +224,9 @@ async def decide_and_commit(store: AgentStore, table: RecordTable,
             log.warning("records changed under a batch, deciding it again: %s", exc)
         except ClaimTaken as exc:
             log.warning("ids of a batch were claimed meanwhile, deciding it again: %s", exc)
+        except PostingsConflict as exc:
+            log.warning("a batch applies operations the ledger holds already, refusing them: %s", exc)
+            in_ledger |= exc.operations
     raise RuntimeError(f"a {commit.agent} batch was refused {MAX_DECISION_ROUNDS} times in a row")
 
 

@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from agents.batch import (
-    Message, RecordTable, Sender, decide_and_commit, positions_of, read_durably, write_records,
+    Message, RecordTable, Sender, applied_before, decide_and_commit, positions_of, read_durably, write_records,
 )
 from agents.wallet import POOL_SNAPSHOT, ExpiryScheduler, OutputBuffer, owns_key, partition_of, poison as _poison
 from app.domain.jackpot.codec import decode_operation, decode_state, encode_operation, encode_state
 from app.domain.jackpot.core import (
-    Command, Context, Contribute, CreatePool, Decision, JackpotResult, PayoutCredited, PayoutFailed, Rules, decide,
-    evolve, next_timer_ms, operation_key, pool_view,
+    Command, Context, Contribute, CreatePool, Decision, JackpotResult, PayoutCredited, PayoutFailed, Rules,
+    already_applied, decide, evolve, next_timer_ms, operation_key, pool_view,
 )
 from app.domain.jackpot.rng import derive_server_seed, seed_commitment
 from app.domain.jackpot.state import CREDITED, PAYOUT_REQUESTED, OperationRecord, PoolState
@@ -166,7 +166,8 @@ def parse(deps: JackpotAgentDeps, messages: Sequence[Message], sends: list) -> l
     return items
 
 
-async def decide_batch(deps: JackpotAgentDeps, items: Sequence[_Item], sends: list) -> _Decided:
+async def decide_batch(deps: JackpotAgentDeps, items: Sequence[_Item], sends: list,
+                       in_ledger: set[tuple[str, str]] = frozenset()) -> _Decided:  # type: ignore[assignment]
     decided = _Decided(sends=sends)
     for item in items:
         if item.key not in decided.states:
@@ -188,7 +189,7 @@ async def decide_batch(deps: JackpotAgentDeps, items: Sequence[_Item], sends: li
             _decide_saga(deps, decided, item.key, item.saga, item.answered_at_ms)
             kind = "jp_payout_credited" if isinstance(item.saga, PayoutCredited) else "jp_payout_failed"
         elif item.envelope is not None:
-            _decide_command(deps, decided, item.key, item.envelope, stored)
+            _decide_command(deps, decided, item.key, item.envelope, stored, in_ledger)
             kind = item.envelope.kind
         AGENT_SECONDS.labels(kind).observe(time.perf_counter() - started)
     return decided
@@ -210,7 +211,8 @@ def _apply(decided: _Decided, key: bytes, state: PoolState, decision: Decision, 
 
 
 def _decide_command(deps: JackpotAgentDeps, decided: _Decided, key: bytes, envelope: CommandEnvelope,
-                    stored: dict[tuple[bytes, str], tuple[int, OperationRecord]]) -> None:
+                    stored: dict[tuple[bytes, str], tuple[int, OperationRecord]],
+                    in_ledger: set[tuple[str, str]]) -> None:
     state = decided.states[key]
     if envelope.kind == PRUNE_POOL_OPERATIONS:
         return  # answers are pruned in PostgreSQL now; a command of an older version asks for nothing
@@ -230,6 +232,8 @@ def _decide_command(deps: JackpotAgentDeps, decided: _Decided, key: bytes, envel
         recorded = (decided.answers.get((key, operation)) or stored.get((key, operation))) if operation else None
         view = state if recorded is None else dataclasses.replace(state, operations={operation: recorded[1]})
         decision = decide(view, command, ctx)
+        if not decision.replayed and applied_before(decision.postings, in_ledger):
+            decision = already_applied()
         state = _apply(decided, key, state, decision, operation)
         if not decision.replayed:
             # A replay's postings and audit records were stored with its answer.
@@ -303,9 +307,9 @@ def commit_of(deps: JackpotAgentDeps, decided: _Decided, messages: Sequence[Mess
 async def run_batch(deps: JackpotAgentDeps, messages: Sequence[Message]) -> None:
     """Decide, commit and emit one batch (see agents/wallet.py run_batch)."""
 
-    async def decide_once() -> tuple[_Decided, BatchCommit]:
+    async def decide_once(in_ledger: set[tuple[str, str]]) -> tuple[_Decided, BatchCommit]:
         sends: list[tuple[str, bytes, bytes]] = []
-        decided = await decide_batch(deps, parse(deps, messages, sends), sends)
+        decided = await decide_batch(deps, parse(deps, messages, sends), sends, in_ledger)
         return decided, commit_of(deps, decided, messages)
 
     decided, commit = await decide_and_commit(deps.store, deps.table, decide_once)

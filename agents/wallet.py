@@ -21,14 +21,14 @@ import msgpack
 from aiokafka.partitioner import DefaultPartitioner
 
 from agents.batch import (
-    Message, RecordTable, Sender, decide_and_commit, positions_of, read_durably, write_records,
+    Message, RecordTable, Sender, applied_before, decide_and_commit, positions_of, read_durably, write_records,
 )
 from app.api.validation import InvalidRequest
 from app.domain.jackpot.core import Contribute
 from app.domain.wallet.codec import decode_state, encode_state
 from app.domain.wallet.core import (
     CLAIMING, RETRYABLE_JACKPOT_REFUSALS, Context, CreditJackpot, PlayRound, Rules, WalletResult, WalletState,
-    claim_of, decide, evolve, limits_view, wallet_view, withdrawal_view,
+    already_applied, claim_of, decide, evolve, limits_view, wallet_view, withdrawal_view,
 )
 from app.domain.wallet.state import OperationRecord
 from app.messages import (
@@ -312,6 +312,9 @@ class _Decided:
     def __init__(self) -> None:
         self.states: dict[bytes, WalletState] = {}
         self.loaded_versions: dict[bytes, int] = {}
+        # Each record's window as loaded: an answer the batch itself pushed out of the
+        # window is found here (it is stored already, but was not looked up).
+        self.loaded_answers: dict[bytes, dict[str, OperationRecord]] = {}
         self.changed: set[bytes] = set()
         self.postings: list = []
         self.audit: list = []
@@ -320,7 +323,8 @@ class _Decided:
         self.outputs = _Outputs()
 
 
-async def decide_batch(deps: WalletAgentDeps, items: Sequence[_Item], outputs: _Outputs) -> _Decided:
+async def decide_batch(deps: WalletAgentDeps, items: Sequence[_Item], outputs: _Outputs,
+                       in_ledger: set[tuple[str, str]] = frozenset()) -> _Decided:  # type: ignore[assignment]
     decided = _Decided()
     decided.outputs = outputs
     states = decided.states
@@ -329,6 +333,7 @@ async def decide_batch(deps: WalletAgentDeps, items: Sequence[_Item], outputs: _
             state = load_state(deps.table, item.key, item.envelope.tenant_id)
             states[item.key] = state
             decided.loaded_versions[item.key] = state.version
+            decided.loaded_answers[item.key] = state.operations
     # Prefetch, one query each: the stored answers of operations the records' windows
     # no longer hold, and the claims of the ids the commands create or name.
     wanted_answers = {(i.key, i.envelope.operation_key) for i in items
@@ -343,13 +348,14 @@ async def decide_batch(deps: WalletAgentDeps, items: Sequence[_Item], outputs: _
     claimed = set(known)
     for item in items:
         started = time.perf_counter()
-        _decide_one(deps, decided, item, stored_answers, claimed)
+        _decide_one(deps, decided, item, stored_answers, claimed, in_ledger)
         AGENT_SECONDS.labels(item.envelope.kind).observe(time.perf_counter() - started)
     return decided
 
 
 def _decide_one(deps: WalletAgentDeps, decided: _Decided, item: _Item,
-                stored_answers: dict[tuple[bytes, str], OperationRecord], claimed: set[tuple[str, str]]) -> None:
+                stored_answers: dict[tuple[bytes, str], OperationRecord], claimed: set[tuple[str, str]],
+                in_ledger: set[tuple[str, str]]) -> None:
     envelope, key = item.envelope, item.key
     state = decided.states[key]
     if item.command is None:
@@ -358,7 +364,8 @@ def _decide_one(deps: WalletAgentDeps, decided: _Decided, item: _Item,
         operation = envelope.operation_key
         view = state
         if operation and operation not in state.operations:
-            recorded = decided.answers.get((key, operation)) or stored_answers.get((key, operation))
+            recorded = (decided.answers.get((key, operation)) or decided.loaded_answers[key].get(operation)
+                        or stored_answers.get((key, operation)))
             if recorded is not None:
                 view = dataclasses.replace(state, operations={**state.operations, operation: recorded})
         claim = claim_of(item.command)
@@ -368,6 +375,8 @@ def _decide_one(deps: WalletAgentDeps, decided: _Decided, item: _Item,
             claimed=frozenset((claim,)) if claim and (envelope.tenant_id, claim) in claimed else frozenset(),
         )
         decision = decide(view, item.command, ctx)
+        if applied_before(decision.postings, in_ledger):
+            decision = already_applied()
         if decision.events:
             state = evolve(state, decision.events)
             decided.states[key] = state
@@ -396,8 +405,9 @@ def _decide_one(deps: WalletAgentDeps, decided: _Decided, item: _Item,
 def _round_contributions(deps: WalletAgentDeps, outputs: _Outputs, envelope: CommandEnvelope, command: PlayRound,
                          player_id: str) -> None:
     for pool_id, explicit_minor in command.jackpots:
+        # One contribution per player and round: a provider's round may have many players.
         contribute = Contribute(
-            contribution_id=envelope.operation_key, brand_id=command.brand_id, region=command.region,
+            contribution_id=f"{envelope.operation_key}:{player_id}", brand_id=command.brand_id, region=command.region,
             round_id=command.round_id, player_id=player_id, bet_minor=command.bet_minor, currency=command.currency,
             contribution_minor=explicit_minor, provider=command.provider,
         )
@@ -443,9 +453,9 @@ async def run_batch(deps: WalletAgentDeps, messages: Sequence[Message]) -> None:
     """Decide, commit and emit one batch. Returns once the batch is durable and its
     outputs are on their way; the caller then acknowledges the messages."""
 
-    async def decide_once() -> tuple[_Decided, BatchCommit]:
+    async def decide_once(in_ledger: set[tuple[str, str]]) -> tuple[_Decided, BatchCommit]:
         outputs = _Outputs()
-        decided = await decide_batch(deps, parse(deps, messages, outputs), outputs)
+        decided = await decide_batch(deps, parse(deps, messages, outputs), outputs, in_ledger)
         return decided, commit_of(deps, decided, messages)
 
     decided, commit = await decide_and_commit(deps.store, deps.table, decide_once)

@@ -24,6 +24,7 @@ from agents.wallet import POOL_SNAPSHOT, ExpiryScheduler, OutputBuffer, Snapshot
 from app.domain.jackpot import core as jp
 from app.domain.jackpot.codec import decode_state as decode_pool
 from app.domain.wallet.codec import record_version
+from app.domain.errors import InvariantViolation
 from app.domain.wallet.core import Tick
 from app.messages import CommandEnvelope
 from app.streaming import (
@@ -40,8 +41,11 @@ from storage.redis.stores import RedisPoolCache, RedisWalletCache, connect as co
 log = logging.getLogger("bankroll.worker")
 
 WORKER_HEARTBEAT_TTL_S = 5
-# Stored answers past the retention period are deleted this many at a time, at every scan.
-ANSWERS_PRUNED_PER_SCAN = 10_000
+# Stored answers past the retention period are deleted every second, this many at a time
+# and at most PRUNE_ROUNDS times: up to 25,000 a second per worker, above any sustained
+# rate of operations one worker applies.
+ANSWERS_PRUNED_AT_ONCE = 5_000
+PRUNE_ROUNDS = 5
 # How long a stopping worker lets the batch in hand finish (commit and send) before it
 # gives up on it; an unfinished batch is simply delivered again to the next owner.
 STOP_GRACE_S = 10.0
@@ -119,11 +123,17 @@ async def restore(table: RecordTable, store: AgentStore, agent: str, partitions:
 
 async def run_batches(stream, settings: Settings, run_batch) -> None:  # type: ignore[no-untyped-def]
     """Feed an agent's stream to its batch function: a batch is acknowledged once it is
-    committed. A stop lets the batch in hand finish first."""
+    committed. A stop lets the batch in hand finish first. A broken invariant (a bug)
+    stops the worker: nothing of the batch was stored, and its messages go to the next
+    owner instead of being passed over."""
     async for events in stream.noack_take(settings.worker_batch_max, within=settings.worker_batch_within_ms / 1000):
         work = asyncio.ensure_future(run_batch([Message.of(e) for e in events]))
         try:
             await asyncio.shield(work)
+        except InvariantViolation as exc:
+            log.critical("a batch broke an invariant; stopping the worker: %s", exc)
+            await stream.app.crash(exc)
+            raise
         except asyncio.CancelledError:
             try:
                 await asyncio.wait_for(work, STOP_GRACE_S)
@@ -225,6 +235,7 @@ def build_worker(
     @streams.wallets.on_recover
     async def restore_wallets() -> None:
         partitions = owned_partitions(commands_topic)
+        forget_others(wallets, partitions)
         started = time.monotonic()
         restored = await restore(wallets, await agent_store(), wallet_agent_module.AGENT, partitions,
                                  record_version)
@@ -234,6 +245,7 @@ def build_worker(
     @streams.pools.on_recover
     async def restore_pools() -> None:
         partitions = owned_partitions(jp_commands_topic)
+        forget_others(pools, partitions)
         # Operation records an older version kept in this table live in PostgreSQL now.
         stale = [key for key, _ in pools.items() if not jackpot_agent.is_pool_key(key)]
         for key in stale:
@@ -265,10 +277,8 @@ def build_worker(
             # lost; only the records of partitions it owns now are scheduled and published.
             scheduler.scan(mine(wallets.items(), set(assigned)))
             await scan_pools(set(assigned))
-            try:
-                await (await agent_store()).prune_answers(now_ms - retention_ms, ANSWERS_PRUNED_PER_SCAN)
-            except Exception as exc:  # PostgreSQL down: the next scan prunes.
-                log.warning("pruning stored answers failed: %r", exc)
+        if serving:
+            await prune_answers(now_ms - retention_ms)
         for key in scheduler.due(now_ms):
             tenant_id = key.decode().split("|", 1)[0]
             tick = CommandEnvelope.wrap(Tick(), tenant_id=tenant_id, operation_key="", request_hash="",
@@ -280,6 +290,22 @@ def build_worker(
             tick = CommandEnvelope.wrap(jp.Tick(tick_id=str(now_ms)), tenant_id=tenant_id, operation_key="",
                                         request_hash="", now_ms=now_ms, reply_to="", request_id="")
             await streams.jp_commands.send(key=key, value=tick.encode())
+
+    async def prune_answers(before_ms: int) -> None:
+        try:
+            store = await agent_store()
+            for _ in range(PRUNE_ROUNDS):
+                if await store.prune_answers(before_ms, ANSWERS_PRUNED_AT_ONCE) < ANSWERS_PRUNED_AT_ONCE:
+                    return
+        except Exception as exc:  # PostgreSQL down: the next heartbeat prunes.
+            log.warning("pruning stored answers failed: %r", exc)
+
+    def forget_others(table: FaustRecordTable, owned: set[int]) -> None:
+        """Drop the records of partitions this worker no longer owns: their new owner has
+        them, and a partition that comes back is recovered and restored afresh."""
+        for key, _ in table.items():
+            if partition_of(key.split(jackpot_agent.OPERATION_MARK, 1)[0], settings.topic_partitions) not in owned:
+                table.table.data.pop(key, None)
 
     def mine(items, owned_now: set[int]) -> list[tuple[bytes, bytes]]:  # type: ignore[no-untyped-def]
         return [(key, raw) for key, raw in items if partition_of(key, settings.topic_partitions) in owned_now]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import tempfile
 import time
@@ -12,6 +13,49 @@ from typing import Awaitable, Callable
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.stack import Stack  # noqa: E402
+
+
+def _stat(pid: int) -> tuple[int, float] | None:
+    """(parent pid, CPU seconds) of a process, from /proc/<pid>/stat."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    ticks = os.sysconf("SC_CLK_TCK")
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / ticks
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds of a process and every process below it (PostgreSQL's backends)."""
+    stats = {int(e): _stat(int(e)) for e in os.listdir("/proc") if e.isdigit()}
+    children: dict[int, list[int]] = {}
+    for child, stat in stats.items():
+        if stat is not None:
+            children.setdefault(stat[0], []).append(child)
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        stat = stats.get(current)
+        if stat is not None:
+            total += stat[1]
+        todo.extend(children.get(current, []))
+    return total
+
+
+def stack_cpu_s(stack) -> dict[str, float]:
+    """CPU seconds so far of each process of the stack that runs on this machine."""
+    out = {f"worker {name}": tree_cpu_s(p.pid) for name, p in stack.workers.items()}
+    if stack.web is not None:
+        out["web"] = tree_cpu_s(stack.web.pid)
+    for name, proc in stack.services.items():
+        out[name] = tree_cpu_s(proc.pid)
+    return out
+
+
+def cpu_per_operation_line(before: dict[str, float], after: dict[str, float], operations: int) -> str:
+    parts = [f"{name} {(after[name] - before.get(name, 0.0)) * 1000 / operations:.3f}" for name in sorted(after)]
+    return "CPU ms per operation: " + ", ".join(parts) + " (services given by URL are not measured)"
 
 
 def percentile(values: list[float], p: float) -> float:

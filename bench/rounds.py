@@ -1,9 +1,11 @@
 """Benchmark: settled game rounds per second through the `game.rounds` stream, counted
-only when every posting of every round is committed in PostgreSQL.
+only when every posting of every round is committed in PostgreSQL, against a plain
+PostgreSQL wallet (bench/baseline_sql.py) on the same PostgreSQL in the same run.
 
 Funds many players, publishes N rounds (stake and, for half, a win) as fast as the
 producer can, and measures from the first send to the moment the last round's ledger
-rows are committed.
+rows are committed; prints the CPU milliseconds per settled round of every process, the
+baseline's rate and the ratio.
 
     python bench/rounds.py --rounds 50000
 """
@@ -22,7 +24,8 @@ from app.api.bus import bootstrap_servers
 from app.client.signed import BankrollClient
 from app.messages import wallet_key
 from app.streaming import GAME_ROUNDS, topic_name
-from bench.common import create_funded_players, running_stack
+from bench import baseline_sql
+from bench.common import cpu_per_operation_line, create_funded_players, running_stack, stack_cpu_s
 
 
 async def run(stack, rounds: int, players: int) -> None:
@@ -37,6 +40,7 @@ async def run(stack, rounds: int, players: int) -> None:
                                 max_batch_size=256 * 1024)
     await producer.start()
     legs = 0
+    cpu_before = stack_cpu_s(stack)
     began = time.perf_counter()
     for i in range(rounds):
         win = 150 if i % 2 == 0 else 0
@@ -64,12 +68,20 @@ async def run(stack, rounds: int, players: int) -> None:
             break
         await asyncio.sleep(0.5)
     done = time.perf_counter() - began
+    cpu_after = stack_cpu_s(stack)
     await pool.close()
+    rate = rounds / done
     print(f"{found}/{legs} ledger rows committed; {rounds} rounds settled end to end in {done:.1f} s: "
-          f"{rounds / done:.0f} rounds/s")
+          f"{rate:.0f} rounds/s")
+    print(cpu_per_operation_line(cpu_before, cpu_after, rounds))
+    baseline = await baseline_sql.run(stack.env["DATABASE_URL"], rounds, players)
+    print(f"plain PostgreSQL wallet (one transaction per round, 20 connections): {baseline:.0f} rounds/s; "
+          f"Bankroll / baseline = {rate / baseline:.2f}")
 
 
 def main() -> None:
+    with open("/proc/loadavg") as load:
+        print(f"machine load average: {load.read().split()[:3]}")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=20_000)
     parser.add_argument("--players", type=int, default=2_000)

@@ -172,12 +172,25 @@ class ClaimTaken(BankrollError):
         self.claims = list(claims)
 
 
+class PostingsConflict(BankrollError):
+    """Postings of a batch have the (tenant, operation id, leg) of stored ones: nothing of
+    the batch was stored (the ledger must never silently keep one of two). A replay emits
+    no postings, so the operation was applied before and its answer is no longer kept
+    (redelivered after the retention period): the agent decides the batch again with
+    those operations refused."""
+
+    def __init__(self, operations: Sequence[tuple[str, str]]) -> None:
+        super().__init__(f"operations already in the ledger: {sorted(operations)[:10]}")
+        self.operations = set(operations)
+
+
 class AgentStore(Protocol):
     async def commit(self, batch: BatchCommit) -> None:
         """Store the batch in one transaction, or nothing: raises StaleRecords when a
         record's stored version is not its prior_version, ClaimTaken when a claimed id
-        belongs to another player. Postings and audit records already stored are
-        skipped, as by LedgerStore.append; answers already stored are kept as they are."""
+        belongs to another player, PostingsConflict when a posting's operation id and leg
+        are stored already. Audit records already stored are skipped; answers already
+        stored are kept as they are."""
 
     async def records(self, agent: str, partitions: Iterable[int]) -> list[tuple[bytes, int, bytes]]:
         """(key, version, record) of every record of the agent on these partitions."""

@@ -12,7 +12,8 @@ from app.domain.audit import AuditRecord
 from app.domain.ledger import Posting, account_deltas
 from storage.history import check_limit, decode_cursor, encode_cursor, history_row
 from storage.ports import (
-    CHAIN_AUDIT_POOL_PATTERN, BatchCommit, Claim, ClaimTaken, Positions, StaleRecords, chain_audit_prefix,
+    CHAIN_AUDIT_POOL_PATTERN, BatchCommit, Claim, ClaimTaken, Positions, PostingsConflict, StaleRecords,
+    chain_audit_prefix,
 )
 
 _CHAIN_AUDIT_POOL = re.compile(CHAIN_AUDIT_POOL_PATTERN)
@@ -219,6 +220,10 @@ class MemoryAgentStore:
         foreign = [c for c in batch.claims if self.routes.get((c.tenant_id, c.route), c.player_id) != c.player_id]
         if foreign:
             raise ClaimTaken([Claim(c.tenant_id, c.route, self.routes[(c.tenant_id, c.route)]) for c in foreign])
+        stored = {(p.tenant_id, p.operation_id) for p in batch.postings
+                  if (p.tenant_id, p.operation_id, p.leg) in self.ledger._rows}
+        if stored:
+            raise PostingsConflict(sorted(stored))
         await self.ledger.append(batch.postings, batch.positions, batch.consumer, audit=batch.audit)
         for r in batch.records:
             mine[r.key] = (r.version, r.partition, r.record)

@@ -11,7 +11,7 @@ from typing import Iterable
 import asyncpg
 
 from storage.history import ms_to_datetime
-from storage.ports import BatchCommit, Claim, ClaimTaken, StaleRecords
+from storage.ports import BatchCommit, Claim, ClaimTaken, PostingsConflict, StaleRecords
 from storage.postgres.stores import _INSERT_AUDIT, _INSERT_ENTRIES, _UPSERT_POSITIONS
 
 # A record is written over the version its batch decided on, or inserted when the batch
@@ -49,17 +49,25 @@ WHERE r.player_id <> n.player_id
 """
 
 
+class _PostingsStoredAlready(Exception):
+    """Inside the transaction: some postings were not inserted (see PostingsConflict)."""
+
+
 class PostgresAgentStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
     async def commit(self, batch: BatchCommit) -> None:
+        try:
+            await self._commit(batch)
+        except _PostingsStoredAlready:
+            # Rolled back: the batch's operations still in the ledger are the earlier ones.
+            raise PostingsConflict(await self._stored_operations(batch)) from None
+
+    async def _commit(self, batch: BatchCommit) -> None:
         async with self._pool.acquire() as conn, conn.transaction():
-            if batch.postings:
-                await conn.execute(_INSERT_ENTRIES, *_columns([
-                    (p.tenant_id, p.operation_id, p.leg, p.debit_account, p.credit_account, p.amount_minor,
-                     p.currency, p.category, p.reason, p.player_id, ms_to_datetime(p.created_at_ms))
-                    for p in batch.postings], width=11))
+            # The records first: a batch committed once already (its acknowledgement lost)
+            # is refused as stale here, before its postings could look like a conflict.
             if batch.audit:
                 await conn.execute(_INSERT_AUDIT, *_columns([
                     (a.tenant_id, a.audit_id, a.player_id, a.kind, a.code, json.dumps(a.detail),
@@ -71,6 +79,13 @@ class PostgresAgentStore:
                 if len(written) != len(batch.records):
                     done = {row["key"] for row in written}
                     raise StaleRecords(batch.agent, [r.key for r in batch.records if r.key not in done])
+            if batch.postings:
+                status = await conn.execute(_INSERT_ENTRIES, *_columns([
+                    (p.tenant_id, p.operation_id, p.leg, p.debit_account, p.credit_account, p.amount_minor,
+                     p.currency, p.category, p.reason, p.player_id, ms_to_datetime(p.created_at_ms))
+                    for p in batch.postings], width=11))
+                if int(status.rsplit(" ", 1)[-1]) != len(batch.postings):
+                    raise _PostingsStoredAlready()
             if batch.answers:
                 await conn.execute(_INSERT_ANSWERS, batch.agent, *_columns(
                     [(a.key, a.operation_key, a.tenant_id, a.answer, ms_to_datetime(a.answered_at_ms))
@@ -84,6 +99,17 @@ class PostgresAgentStore:
             if batch.positions:
                 topics, partitions, offsets = zip(*((t, p, o) for (t, p), o in batch.positions.items()))
                 await conn.execute(_UPSERT_POSITIONS, batch.consumer, list(topics), list(partitions), list(offsets))
+
+    async def _stored_operations(self, batch: BatchCommit) -> list[tuple[str, str]]:
+        """The batch's (tenant, operation id) pairs that are in the ledger."""
+        pairs = sorted({(p.tenant_id, p.operation_id) for p in batch.postings})
+        rows = await self._pool.fetch(
+            """
+            SELECT DISTINCT e.tenant_id, e.operation_id FROM ledger_entries e
+            JOIN unnest($1::text[], $2::text[]) AS w(tenant_id, operation_id)
+                ON e.tenant_id = w.tenant_id AND e.operation_id = w.operation_id
+            """, [t for t, _ in pairs], [o for _, o in pairs])
+        return [(r["tenant_id"], r["operation_id"]) for r in rows]
 
     async def records(self, agent: str, partitions: Iterable[int]) -> list[tuple[bytes, int, bytes]]:
         rows = await self._pool.fetch(

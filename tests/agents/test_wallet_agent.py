@@ -314,3 +314,41 @@ def test_a_hot_key_reaches_the_changelog_at_most_once_per_interval():
     table.write(5, [(b"t|c", b"c1")], now_ms=30_000)
     assert faust_table.sent[-1] == (5, b"t|c", b"c1")
     assert FaustRecordTable(Table(), 0).changelog_interval_ms == 0
+
+
+def _round(n: int, win: int = 0) -> tuple:
+    payload = {"round_id": f"r{n}", "provider": "acme", "bet_minor": 100, "win_minor": win, "currency": "EUR",
+               "policy": "casino", "brand_id": "", "region": "", "jackpots": []}
+    return "play_round", f"round:acme:r{n}", payload
+
+
+async def test_an_answer_the_batch_itself_pushes_out_of_the_window_still_replays():
+    store = MemoryAgentStore()
+    deps, sent = deps_with(store, rules=Rules(operation_window_count=2))
+    funding = ("adjust", "adjustment:f", {"adjustment_id": "f", "wallet": "CASH", "currency": "EUR",
+                                          "amount_minor": 10_000, "reason": "test"})
+    await run_batch(deps, batch(CREATE, funding, _round(1, win=500)))
+    assert "round:acme:r1" in load_state(deps.table, KEY, "dev").operations
+    # Two new rounds push r1 out of the record's window, then r1 comes again, in one batch.
+    await run_batch(deps, batch(_round(2), _round(3), _round(1, win=500)))
+    await _settle()
+    assert sent.codes()[-1] == "ok"
+    assert load_state(deps.table, KEY, "dev").balance("CASH", "EUR") == 10_000 - 300 + 500
+
+
+async def test_an_operation_whose_answer_expired_is_refused_not_applied_twice():
+    store = MemoryAgentStore()
+    deps, sent = deps_with(store)
+    funding = ("adjust", "adjustment:f", {"adjustment_id": "f", "wallet": "CASH", "currency": "EUR",
+                                          "amount_minor": 10_000, "reason": "test"})
+    await run_batch(deps, batch(CREATE, funding, _round(1, win=500)))
+    # The retention passed: the round's answer is gone from the store and from the record.
+    store.answers_by_agent[AGENT].clear()
+    state = load_state(deps.table, KEY, "dev")
+    import dataclasses
+    deps.table.load([(KEY, encode_state(dataclasses.replace(state, operations={})))])
+    await run_batch(deps, batch(_round(1, win=500), _round(2)))
+    await _settle()
+    assert sent.codes()[-2:] == ["operation_already_applied", "ok"]
+    assert load_state(deps.table, KEY, "dev").balance("CASH", "EUR") == 10_000 - 200 + 500
+    assert len(await store.ledger.entries("dev", "round:acme:r1:p1")) == 3

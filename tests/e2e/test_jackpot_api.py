@@ -277,7 +277,7 @@ async def test_rounds_on_the_stream_carry_contributions_once_and_fund_them_from_
         event = events[0]
         assert (event["tenant_id"], event["brand_id"], event["region"], event["round_id"], event["provider"]) == (
             stack.tenant_id, "b1", "mt", round_id, "acme")
-        assert event["contribution_id"] == f"round:acme:{round_id}" and event["amount"] == 20
+        assert event["contribution_id"] == f"round:acme:{round_id}:{player}" and event["amount"] == 20
         # A later round of the same player, on the same partition, is applied after the
         # duplicates: once its contribution shows, every duplicate has been handled.
         marker = {**message, "round_id": uid("marker")}
@@ -289,7 +289,7 @@ async def test_rounds_on_the_stream_carry_contributions_once_and_fund_them_from_
         await consumer.stop()
     assert await cash(client, player) == 8_000
     async with Ledger(stack.env["DATABASE_URL"], stack.tenant_id) as ledger:
-        operation = f"jp:{pool_id}:contribution:round:acme:{round_id}"
+        operation = f"jp:{pool_id}:contribution:round:acme:{round_id}:{player}"
         await ledger.wait_for_rows(operation, 2)
         legs = await ledger.entries(operation)
         assert [(p.debit_account, p.credit_account, p.amount_minor) for p in legs] == [

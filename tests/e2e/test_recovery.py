@@ -190,8 +190,9 @@ async def test_a_new_worker_recovers_every_record_of_multi_record_changelog_batc
     try:
         for i in range(300):
             player = players[i % len(players)]
-            rounds.append(f"round:acme:{uid('r')}")
-            message = {"round_id": rounds[-1].split(":", 2)[2], "tenant_id": stack.tenant_id, "player_id": player,
+            round_id = uid("r")
+            rounds.append(f"round:acme:{round_id}:{player}")
+            message = {"round_id": round_id, "tenant_id": stack.tenant_id, "player_id": player,
                        "provider": "acme", "bet": {"amount": 7, "currency": "EUR"}}
             await producer.send(topic_name(settings, GAME_ROUNDS), json.dumps(message).encode(),
                                 key=player.encode())

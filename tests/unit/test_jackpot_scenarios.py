@@ -18,7 +18,7 @@ from app.domain.jackpot.codec import decode_state, encode_state
 from app.domain.jackpot.core import (
     CheckCandidate, Conservation, Context, Contribute, CreatePool, JackpotResult, PayoutCredited, PayoutFailed, Reconfigure,
     RetryPayout, Rules, Tick, TierPatch, Trigger, chain_entry_from_audit, check_conservation, check_ledger,
-    check_pool, conservation, decide, evolve, ledger_conservation, pool_view, split_contribution, validate_config,
+    already_applied, check_pool, conservation, decide, evolve, ledger_conservation, pool_view, split_contribution, validate_config,
 )
 from app.domain.jackpot.rng import deadline_winner_index, round_wins, verify_reveal
 from app.domain.jackpot.state import CREDITED, MAIN_TIER, PoolState, TierConfig, TierState, Totals
@@ -278,8 +278,10 @@ def test_rejections_change_nothing(name, make_world, command, code):
 
 
 def test_every_result_code_is_exercised():
-    seen = {code for *_, code in REJECTIONS} | {R.CREATED, R.OK}
+    # OPERATION_ALREADY_APPLIED is the agent's to give (it knows the ledger): already_applied().
+    seen = {code for *_, code in REJECTIONS} | {R.CREATED, R.OK, already_applied().outcome.code}
     assert seen == set(JackpotResult)
+    assert already_applied().events == () and already_applied().postings == ()
 
 
 def test_create_with_the_wrong_seed_is_refused_after_validation():

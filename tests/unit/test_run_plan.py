@@ -105,7 +105,8 @@ def test_the_port_of_a_service_configured_by_url_is_not_checked():
 
 
 # A stand-in for a process of the Procfile: notes when it is ready and when it is asked to
-# stop, takes a moment to finish, and then exits; or exits by itself, or ignores SIGTERM.
+# stop, takes a moment to finish, and then exits; or exits by itself once the web stand-in
+# is ready, or ignores SIGTERM.
 STAND_IN = """
 import signal, sys, time
 name, notes, behaviour = sys.argv[1:4]
@@ -121,7 +122,13 @@ signal.signal(signal.SIGTERM, signal.SIG_IGN if behaviour == "stubborn" else sto
 note("ready")
 print(f"{name} is up", flush=True)
 if behaviour == "crash":
-    time.sleep(1.5)
+    # Exits once the web stand-in is up and handles SIGTERM, however loaded the machine.
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with open(notes) as f:
+            if "web ready" in f.read():
+                break
+        time.sleep(0.05)
     sys.exit(3)
 while True:
     time.sleep(1)

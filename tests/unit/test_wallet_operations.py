@@ -416,7 +416,7 @@ def test_a_round_takes_the_stake_and_pays_the_win_in_one_operation():
     w = funded(cash=1_000)
     d = w.do(PlayRound("r1", "acme", 100, 250, "EUR", "casino"), key="round:acme:r1")
     assert d.outcome.body == {"round_id": "r1", "status": "SETTLED", "bet": 100, "win": 250, "cash_delta": 150}
-    assert {p.operation_id for p in d.postings} == {"round:acme:r1"}
+    assert {p.operation_id for p in d.postings} == {"round:acme:r1:p1"}
     assert (w.bal("CASH"), w.bal("HOLD")) == (1_150, 0)
     replay = w.do(PlayRound("r1", "acme", 100, 250, "EUR", "casino"), key="round:acme:r1")
     assert replay.replayed and replay.postings == () and w.bal("CASH") == 1_150

@@ -73,6 +73,9 @@ ENGINE_TRIGGER_PREFIX = "auto-"
 class JackpotResult(StrEnum):
     CREATED = "created"
     OK = "ok"
+    # Its postings' operation ids are in the ledger already: applied long ago, its answer
+    # no longer kept (a contribution redelivered after the retention).
+    OPERATION_ALREADY_APPLIED = "operation_already_applied"
     POOL_EXISTS = "pool_exists"
     POOL_NOT_FOUND = "pool_not_found"
     INVALID_CONFIG = "invalid_config"
@@ -559,6 +562,13 @@ def chain_entry_from_audit(record: AuditRecord) -> ChainEntry:
 
 def _reject(code: JackpotResult, message: str) -> Decision:
     return Decision(Outcome(code, {"error": {"code": str(code), "message": message}}))
+
+
+def already_applied() -> Decision:
+    """The decision for a command whose postings' operation ids the ledger holds already
+    (told by the agent): it was applied before and its answer is no longer kept."""
+    return _reject(JackpotResult.OPERATION_ALREADY_APPLIED,
+                   "this operation was applied before and its answer is no longer kept")
 
 
 def _seed_problem(ctx: Context, commitment: str) -> Decision | None:

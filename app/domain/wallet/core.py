@@ -67,6 +67,9 @@ class WalletResult(StrEnum):
     WITHDRAWAL_ALREADY_FINAL = "withdrawal_already_final"
     BONUS_EXISTS = "bonus_exists"
     CONVERSION_EXISTS = "conversion_exists"
+    # Its postings' operation ids are in the ledger already: applied long ago, its answer
+    # no longer kept (a round or a payout request redelivered after the retention).
+    OPERATION_ALREADY_APPLIED = "operation_already_applied"
     ADJUSTMENT_EXISTS = "adjustment_exists"
     SAME_CURRENCY = "same_currency"
     INVALID_RATE = "invalid_rate"
@@ -629,6 +632,13 @@ def decide(state: WalletState, command: Command, ctx: Context) -> Decision:
     return dataclasses.replace(decision, events=decision.events + (recorded_event,))
 
 
+def already_applied() -> Decision:
+    """The decision for a command whose postings' operation ids the ledger holds already
+    (told by the agent): it was applied before and its answer is no longer kept."""
+    return _reject(WalletResult.OPERATION_ALREADY_APPLIED,
+                   "this operation was applied before and its answer is no longer kept")
+
+
 def _create_player(state: WalletState, cmd: CreatePlayer, ctx: Context) -> Decision:
     body = {"player_id": cmd.player_id, "currency": cmd.currency, "country": cmd.country}
     if state.registered:
@@ -1032,8 +1042,10 @@ def _play_round(state: WalletState, cmd: PlayRound, ctx: Context) -> Decision:
             return _reject(WalletResult.INSUFFICIENT_FUNDS, "the wallets this policy may spend hold too little")
         sources = planned
     provider = system_account("PROVIDER_SETTLEMENT", cmd.currency, cmd.provider)
-    legs = _Legs(state, ctx, f"round:{cmd.provider}:{cmd.round_id}", describe(policy, sources) if sources else
-                 f"policy {policy.name}: no stake")
+    # The player is in the operation id: a provider's round (a live table's spin) may be
+    # shared by many players, and the ledger keeps one posting per operation id and leg.
+    legs = _Legs(state, ctx, f"round:{cmd.provider}:{cmd.round_id}:{state.player_id}",
+                 describe(policy, sources) if sources else f"policy {policy.name}: no stake")
     _take_stake(legs, sources, cmd.currency)
     legs.add(legs.player("HOLD", cmd.currency), provider, cmd.bet_minor, cmd.currency, "bet_stake")
     legs.add(provider, legs.player(policy.win_wallet, cmd.currency), cmd.win_minor, cmd.currency, "bet_win")
@@ -1075,7 +1087,7 @@ def _credit_jackpot(state: WalletState, cmd: CreditJackpot, ctx: Context) -> Dec
 
 def _tick(state: WalletState, cmd: Tick, ctx: Context) -> Decision:
     """Release every open hold past its expiry and forfeit every bonus past its own."""
-    legs = _Legs(state, ctx, f"expiry:{ctx.now_ms}", "expired")
+    legs = _Legs(state, ctx, f"expiry:{state.player_id}:{ctx.now_ms}", "expired")
     events: list[Event] = []
     expired_holds = []
     for hold in sorted(state.holds.values(), key=lambda h: h.hold_id):
