@@ -24,7 +24,6 @@ from agents.wallet import POOL_SNAPSHOT, ExpiryScheduler, OutputBuffer, Snapshot
 from app.domain.jackpot import core as jp
 from app.domain.jackpot.codec import decode_state as decode_pool
 from app.domain.wallet.codec import record_version
-from app.domain.errors import InvariantViolation
 from app.domain.wallet.core import Tick
 from app.messages import CommandEnvelope
 from app.streaming import (
@@ -123,22 +122,23 @@ async def restore(table: RecordTable, store: AgentStore, agent: str, partitions:
 
 async def run_batches(stream, settings: Settings, run_batch) -> None:  # type: ignore[no-untyped-def]
     """Feed an agent's stream to its batch function: a batch is acknowledged once it is
-    committed. A stop lets the batch in hand finish first. A broken invariant (a bug)
-    stops the worker: nothing of the batch was stored, and its messages go to the next
-    owner instead of being passed over."""
+    committed. A stop lets the batch in hand finish first. Anything else a batch raises is
+    a bug (an unreachable PostgreSQL is waited for inside it), a broken invariant above
+    all: it stops the worker, nothing of the batch having been stored, so its messages go
+    to the next owner instead of being passed over unacknowledged."""
     async for events in stream.noack_take(settings.worker_batch_max, within=settings.worker_batch_within_ms / 1000):
         work = asyncio.ensure_future(run_batch([Message.of(e) for e in events]))
         try:
             await asyncio.shield(work)
-        except InvariantViolation as exc:
-            log.critical("a batch broke an invariant; stopping the worker: %s", exc)
-            await stream.app.crash(exc)
-            raise
         except asyncio.CancelledError:
             try:
                 await asyncio.wait_for(work, STOP_GRACE_S)
             except Exception:
                 pass
+            raise
+        except Exception as exc:
+            log.critical("a batch failed; stopping the worker: %r", exc)
+            await stream.app.crash(exc)
             raise
         for event in events:
             await stream.ack(event)
