@@ -14,6 +14,7 @@ from faust.transport.producer import ProducerBuffer
 from faust.types import TP
 
 from config import Settings
+from tables.store import register as register_store
 
 WALLET_COMMANDS = "wallet.commands"
 LEDGER_POSTINGS = "ledger.postings"
@@ -220,11 +221,15 @@ def create_streams(settings: Settings, *, app_id: str | None = None) -> Streams:
     jackpot_inputs = raw_topic(JP_COMMANDS, JP_PAYOUT_CREDITED, JP_PAYOUT_FAILED)
     # bytes key and value types make Faust use the raw codec for the changelog, both when
     # writing and when recovering; the value is the msgpack record of app.domain.wallet.codec.
+    # The store reads a newly assigned changelog partition in bulk (tables/store.py).
+    store = register_store()
     wallets = app.Table(
         WALLET_TABLE, default=None, partitions=settings.topic_partitions, key_type=bytes, value_type=bytes,
+        store=store,
     )
     pools = app.Table(
         POOL_TABLE, default=None, partitions=settings.topic_partitions, key_type=bytes, value_type=bytes,
+        store=store,
     )
     return Streams(app=app, wallet_commands=raw_topic(WALLET_COMMANDS), ledger_postings=raw_topic(LEDGER_POSTINGS),
                    game_rounds=raw_topic(GAME_ROUNDS), game_round_results=raw_topic(GAME_ROUND_RESULTS),
