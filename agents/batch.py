@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Iterable, MutableMapping, Protocol, Sequence, TypeVar
+from typing import AbstractSet, Any, Awaitable, Callable, Iterable, MutableMapping, Protocol, Sequence, TypeVar
 
 from app.domain.errors import InvariantViolation
 from storage.ports import AgentStore, BatchCommit
@@ -196,7 +196,7 @@ async def read_durably(what: str, read: Callable[[], Awaitable[Any]], *, retry_d
 MAX_DECISION_ROUNDS = 10
 
 
-def applied_before(postings: Iterable[Any], operations: set[tuple[str, str]]) -> bool:
+def applied_before(postings: Iterable[Any], operations: AbstractSet[tuple[str, str]]) -> bool:
     """Whether a decision's postings belong to operations the ledger holds already."""
     return any((p.tenant_id, p.operation_id) in operations for p in postings)
 
@@ -219,7 +219,8 @@ async def decide_and_commit(
             return decided, commit
         except StaleRecords as exc:
             # Another worker wrote these records since this one loaded them.
-            fresh = await read_durably("records", lambda: store.records_of(commit.agent, exc.keys))
+            stale = exc.keys
+            fresh = await read_durably("records", lambda: store.records_of(commit.agent, stale))
             table.load([(key, raw) for key, (_, raw) in fresh.items()])
             log.warning("records changed under a batch, deciding it again: %s", exc)
         except ClaimTaken as exc:

@@ -17,7 +17,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import AbstractSet, Any, Callable, Sequence
 
 from agents.batch import (
     Message, RecordTable, Sender, applied_before, decide_and_commit, positions_of, read_durably, write_records,
@@ -167,7 +167,7 @@ def parse(deps: JackpotAgentDeps, messages: Sequence[Message], sends: list) -> l
 
 
 async def decide_batch(deps: JackpotAgentDeps, items: Sequence[_Item], sends: list,
-                       in_ledger: set[tuple[str, str]] = frozenset()) -> _Decided:  # type: ignore[assignment]
+                       in_ledger: AbstractSet[tuple[str, str]] = frozenset()) -> _Decided:
     decided = _Decided(sends=sends)
     for item in items:
         if item.key not in decided.states:
@@ -212,7 +212,7 @@ def _apply(decided: _Decided, key: bytes, state: PoolState, decision: Decision, 
 
 def _decide_command(deps: JackpotAgentDeps, decided: _Decided, key: bytes, envelope: CommandEnvelope,
                     stored: dict[tuple[bytes, str], tuple[int, OperationRecord]],
-                    in_ledger: set[tuple[str, str]]) -> None:
+                    in_ledger: AbstractSet[tuple[str, str]]) -> None:
     state = decided.states[key]
     if envelope.kind == PRUNE_POOL_OPERATIONS:
         return  # answers are pruned in PostgreSQL now; a command of an older version asks for nothing

@@ -15,7 +15,7 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Awaitable, Callable, Iterable, Sequence
+from typing import AbstractSet, Any, Awaitable, Callable, Iterable, Sequence
 
 import msgpack
 from aiokafka.partitioner import DefaultPartitioner
@@ -324,7 +324,7 @@ class _Decided:
 
 
 async def decide_batch(deps: WalletAgentDeps, items: Sequence[_Item], outputs: _Outputs,
-                       in_ledger: set[tuple[str, str]] = frozenset()) -> _Decided:  # type: ignore[assignment]
+                       in_ledger: AbstractSet[tuple[str, str]] = frozenset()) -> _Decided:
     decided = _Decided()
     decided.outputs = outputs
     states = decided.states
@@ -355,7 +355,7 @@ async def decide_batch(deps: WalletAgentDeps, items: Sequence[_Item], outputs: _
 
 def _decide_one(deps: WalletAgentDeps, decided: _Decided, item: _Item,
                 stored_answers: dict[tuple[bytes, str], OperationRecord], claimed: set[tuple[str, str]],
-                in_ledger: set[tuple[str, str]]) -> None:
+                in_ledger: AbstractSet[tuple[str, str]]) -> None:
     envelope, key = item.envelope, item.key
     state = decided.states[key]
     if item.command is None:

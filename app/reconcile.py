@@ -38,7 +38,7 @@ import json
 import sys
 import traceback
 from dataclasses import dataclass, field, replace
-from typing import Hashable, Iterable, Mapping, TextIO, TypeVar
+from typing import Callable, Hashable, Iterable, Mapping, TextIO, TypeVar
 
 import asyncpg
 
