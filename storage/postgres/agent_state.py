@@ -68,13 +68,12 @@ class PostgresAgentStore:
         async with self._pool.acquire() as conn, conn.transaction():
             # The records first: a batch committed once already (its acknowledgement lost)
             # is refused as stale here, before its postings could look like a conflict.
-            if batch.audit:
-                await conn.execute(_INSERT_AUDIT, *_columns([
-                    (a.tenant_id, a.audit_id, a.player_id, a.kind, a.code, json.dumps(a.detail),
-                     ms_to_datetime(a.created_at_ms)) for a in batch.audit], width=7))
             if batch.records:
                 written = await conn.fetch(_WRITE_RECORDS, batch.agent, *_columns(
-                    [(r.key, r.tenant_id, r.partition, r.version, r.prior_version, r.record) for r in batch.records],
+                    # In key order, as the claims below: two batches locking rows in one order
+                    # cannot deadlock.
+                    [(r.key, r.tenant_id, r.partition, r.version, r.prior_version, r.record)
+                     for r in sorted(batch.records, key=lambda r: r.key)],
                     width=6))
                 if len(written) != len(batch.records):
                     done = {row["key"] for row in written}
@@ -86,12 +85,16 @@ class PostgresAgentStore:
                     for p in batch.postings], width=11))
                 if int(status.rsplit(" ", 1)[-1]) != len(batch.postings):
                     raise _PostingsStoredAlready()
+            if batch.audit:
+                await conn.execute(_INSERT_AUDIT, *_columns([
+                    (a.tenant_id, a.audit_id, a.player_id, a.kind, a.code, json.dumps(a.detail),
+                     ms_to_datetime(a.created_at_ms)) for a in batch.audit], width=7))
             if batch.answers:
                 await conn.execute(_INSERT_ANSWERS, batch.agent, *_columns(
                     [(a.key, a.operation_key, a.tenant_id, a.answer, ms_to_datetime(a.answered_at_ms))
                      for a in batch.answers], width=5))
             if batch.claims:
-                columns = _columns([(c.tenant_id, c.route, c.player_id) for c in batch.claims], width=3)
+                columns = _columns(sorted((c.tenant_id, c.route, c.player_id) for c in batch.claims), width=3)
                 await conn.execute(_INSERT_CLAIMS, *columns)
                 foreign = await conn.fetch(_FOREIGN_CLAIMS, *columns)
                 if foreign:
