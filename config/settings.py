@@ -82,7 +82,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MAX_DEPOSITS_PER_HOUR", "20", "Velocity limit: deposits a player may start per hour."),
     Setting("MAX_WITHDRAWALS_PER_HOUR", "5", "Velocity limit: withdrawals a player may start per hour."),
     Setting("BLOCKED_PAYOUT_DESTINATIONS", "", "Payout destinations refused for withdrawals, comma separated."),
-    Setting("EXPIRY_SCAN_INTERVAL_S", "60", "How often a worker rescans its tables for holds and bonuses to expire, pool timers and expired pool operation records."),
+    Setting("EXPIRY_SCAN_INTERVAL_S", "60", "How often a worker rescans its tables for holds and bonuses to expire and for pool timers."),
     Setting("JACKPOT_SEED_SECRET", LOCAL_JACKPOT_SEED_SECRET.decode(), "Secret the jackpot pools' server seeds are derived from (HMAC per pool); keep it in a vault."),
     Setting("JACKPOT_PAYOUT_RESEND_S", "30", "A jackpot payout request unanswered this long is sent to the wallet again."),
     Setting("JACKPOT_PAYOUT_RETRY_S", "60", "A payout refused for a reason that may pass (AML hold) is retried after this long."),
