@@ -31,6 +31,7 @@ DEMO = ("demo", "python -m app.demo")
 
 SERVICE_START_TIMEOUT_S = 60.0
 OUTPUT_DRAIN_TIMEOUT_S = 2.0
+BROKER_CHECK_INTERVAL_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,17 @@ def banner(settings: Settings, demo: bool) -> str:
     ])
 
 
+def rss_mb(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
 def describe_exit(returncode: int) -> str:
     if returncode < 0:
         try:
@@ -186,6 +198,11 @@ class Supervisor:
         self.stop_requested = asyncio.Event()
         self.failure: str | None = None
         self._starting: asyncio.Task[None] | None = None
+        # The embedded broker keeps every message it is sent, in memory, and slows down as
+        # it fills; past this size it is replaced by an empty one (0: never).
+        self.broker_max_mb = settings.embedded_broker_max_mb if settings.kafka_embedded else 0
+        self.rotating = False
+        self.rotations = 0
 
     def say(self, name: str, line: bytes) -> None:
         prefix = f"{time.strftime('%H:%M:%S')} {name:<{self.width}} | ".encode()
@@ -209,9 +226,51 @@ class Supervisor:
             pass
         except StartFailed as exc:
             self._fail(str(exc))
+        watching = asyncio.create_task(self._watch_broker()) if self.broker_max_mb else None
         await self.stop_requested.wait()
+        if watching is not None:
+            watching.cancel()
         await self._stop()
         return 1 if self.failure else 0
+
+    async def _watch_broker(self) -> None:
+        while not self.stop_requested.is_set():
+            await asyncio.sleep(BROKER_CHECK_INTERVAL_S)
+            broker = next((c for c in self.children if c.name == "broker" and c.proc.returncode is None), None)
+            if broker is not None and rss_mb(broker.proc.pid) > self.broker_max_mb:
+                try:
+                    await self._rotate_broker()
+                except StartFailed as exc:
+                    self._fail(str(exc))
+
+    async def _rotate_broker(self) -> None:
+        """Replace the embedded broker by an empty one: everything it held is either in
+        PostgreSQL (every answered operation, every record) or a message nobody was told
+        of yet. The processes above it stop in order, each draining, and start again;
+        the workers restore their partitions from PostgreSQL. Requests meanwhile are
+        refused (clients retry with their idempotency keys)."""
+        self.rotating = True
+        try:
+            self.system(f"the embedded broker holds over {self.broker_max_mb} MB; replacing it with an empty one "
+                        "(EMBEDDED_BROKER_MAX_MB)")
+            above = [c for c in self.children if c.stage > SERVICES_STAGE]
+            for index in reversed(range(SERVICES_STAGE + 1, len(STAGES))):
+                members = [c for c in above if c.stage == index]
+                if members:
+                    await self._stop_stage(members, STAGES[index].stop_grace_s)
+            broker = [c for c in self.children if c.name == "broker"]
+            await self._stop_stage(broker, STAGES[SERVICES_STAGE].stop_grace_s)
+            self.children = [c for c in self.children if c not in above and c not in broker]
+            for name, argv, stage in self.planned:
+                if name == "broker":
+                    await self._wait_accepting(await self._spawn(name, argv, stage))
+            for index in range(SERVICES_STAGE + 1, len(STAGES)):
+                for name, argv, stage in self.planned:
+                    if stage == index:
+                        await self._spawn(name, argv, stage)
+            self.rotations += 1
+        finally:
+            self.rotating = False
 
     def _on_signal(self, sig: signal.Signals) -> None:
         if not self.stop_requested.is_set():
@@ -284,7 +343,7 @@ class Supervisor:
 
     async def _watch(self, name: str, proc: asyncio.subprocess.Process) -> None:
         returncode = await proc.wait()
-        if self.stop_requested.is_set():
+        if self.stop_requested.is_set() or self.rotating:
             self.system(f"{name} exited ({describe_exit(returncode)})")
         else:
             self._fail(f"{name} exited unexpectedly ({describe_exit(returncode)}); stopping everything")

@@ -22,6 +22,8 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+import aiohttp
+
 from app.client.signed import BankrollClient
 from config.settings import REPO_ROOT, SETTINGS
 
@@ -111,12 +113,15 @@ def wait_ready(base_url: str, timeout_s: float = 180) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=int, default=30)
+    parser.add_argument("--set", action="append", default=[], metavar="SETTING=VALUE",
+                        help="a Bankroll setting for the run, e.g. EMBEDDED_BROKER_MAX_MB=128 (repeatable)")
     args = parser.parse_args()
     run_dir = tempfile.mkdtemp(prefix="bankroll-soak-")
     env = {k: v for k, v in os.environ.items() if k not in {s.env for s in SETTINGS}}
     http_port = free_port()
     env.update(BANKROLL_RUN_DIR=run_dir, HTTP_PORT=str(http_port), EMBEDDED_KAFKA_PORT=str(free_port()),
                EMBEDDED_POSTGRES_PORT=str(free_port()), EMBEDDED_REDIS_PORT=str(free_port()))
+    env.update(item.split("=", 1) for item in args.set)
     base_url = f"http://127.0.0.1:{http_port}"
     log = open(Path(run_dir) / "make-run.log", "wb")
     run = subprocess.Popen([sys.executable, "-m", "app.run", "--demo"], cwd=REPO_ROOT, env=env, stdout=log,
@@ -129,7 +134,11 @@ def main() -> None:
         started = time.monotonic()
         for minute in range(1, args.minutes + 1):
             time.sleep(max(0.0, started + minute * 60 - time.monotonic()))
-            created_ms, adjusted_ms = asyncio.run(probe(base_url))
+            try:
+                created_ms, adjusted_ms = asyncio.run(probe(base_url))
+            except (OSError, aiohttp.ClientError) as exc:  # the web restarting above a replaced broker
+                print(f"minute {minute:>3}: refused ({exc!r})", flush=True)
+                created_ms = adjusted_ms = float("nan")
             memory = memory_by_kind(run_dir)
             rows.append((minute, created_ms, adjusted_ms, memory))
             print(f"minute {minute:>3}: create {created_ms:7.1f} ms, adjust {adjusted_ms:7.1f} ms; RSS MB "

@@ -54,6 +54,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("EMBEDDED_KAFKA_PORT", "19092", "Port of the embedded broker on 127.0.0.1."),
     Setting("EMBEDDED_POSTGRES_PORT", "15432", "Port of the embedded PostgreSQL on 127.0.0.1."),
     Setting("EMBEDDED_REDIS_PORT", "16379", "Port of the embedded Redis on 127.0.0.1."),
+    Setting("EMBEDDED_BROKER_MAX_MB", "256", "`make run` replaces the embedded broker by an empty one past this size (it keeps every message in memory; 0: never); the workers restore from PostgreSQL."),
     Setting("HTTP_HOST", "127.0.0.1", "Interface the HTTP API binds to."),
     Setting("HTTP_PORT", "8080", "Port of the HTTP API."),
     Setting("FAUST_APP_ID", "bankroll", "Faust application id: consumer group and changelog topic prefix."),
@@ -154,6 +155,7 @@ class Settings:
     embedded_kafka_port: int
     embedded_postgres_port: int
     embedded_redis_port: int
+    embedded_broker_max_mb: int
     http_host: str
     http_port: int
     faust_app_id: str
@@ -226,6 +228,7 @@ class Settings:
             embedded_kafka_port=kafka_port,
             embedded_postgres_port=pg_port,
             embedded_redis_port=redis_port,
+            embedded_broker_max_mb=_non_negative_int("EMBEDDED_BROKER_MAX_MB", get("EMBEDDED_BROKER_MAX_MB")),
             http_host=get("HTTP_HOST"),
             http_port=_positive_int("HTTP_PORT", get("HTTP_PORT")),
             faust_app_id=get("FAUST_APP_ID"),

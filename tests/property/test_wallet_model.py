@@ -147,12 +147,17 @@ class WalletMachine(RuleBasedStateMachine):
 
     @rule(bet_id=BET_IDS, win=st.booleans(), payout=AMOUNTS)
     def settle_bet(self, bet_id: str, win: bool, payout: int) -> None:
+        # A closed bet may have left the record's window: only its claim says it existed,
+        # and its hold is answered closed, whatever closed it.
+        in_record = f"bet:{bet_id}" in self.state.holds
         code = self.run(SettleBet(bet_id, "WIN" if win else "LOSS", payout if win else 0))
         bet = self.m.bets.get(bet_id)
         if not self.m.registered:
             assert code is R.PLAYER_NOT_FOUND
         elif bet is None:
             assert code is R.BET_NOT_FOUND
+        elif not in_record:
+            assert bet[1] != "HELD" and code is R.HOLD_NOT_OPEN
         elif bet[1] == "SETTLED":
             assert code is R.BET_ALREADY_SETTLED
         elif bet[1] != "HELD":

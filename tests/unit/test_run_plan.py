@@ -214,3 +214,70 @@ def test_a_process_that_ignores_sigterm_is_killed_after_its_grace_period(tmp_pat
     assert proc.returncode == 0, output
     assert "demo did not stop within 5 s, killing it" in output and "demo exited (SIGKILL)" in output
     assert not pid_alive(pid)
+
+
+# A stand-in broker: listens on its port (the supervisor waits for that), notes like the others.
+BROKER_STAND_IN = """
+import signal, socket, sys, time
+port, notes, name = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+def note(what):
+    with open(notes, "a") as f:
+        f.write(f"{name} {what}\\n")
+def stop(*_):
+    note("stopped")
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
+server = socket.socket()
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind(("127.0.0.1", port))
+server.listen()
+note("ready")
+while True:
+    time.sleep(1)
+"""
+
+# A supervisor whose broker is past its size at once (1 MB), replaced once.
+ROTATE = """
+import asyncio, json, os, sys
+import app.run as run
+from config import Settings
+class Once(run.Supervisor):
+    async def _rotate_broker(self):
+        await super()._rotate_broker()
+        self.broker_max_mb = 10**9
+run.BROKER_CHECK_INTERVAL_S = 0.5
+settings = Settings.from_env({"EMBEDDED_KAFKA_PORT": sys.argv[2], "EMBEDDED_BROKER_MAX_MB": "1"})
+sys.exit(asyncio.run(Once(settings, json.loads(sys.argv[1]), dict(os.environ)).run()))
+"""
+
+
+def test_a_broker_past_its_size_is_replaced_and_everything_above_it_restarted_in_order(tmp_path):
+    notes = tmp_path / "notes"
+    (tmp_path / "stand_in.py").write_text(STAND_IN)
+    (tmp_path / "broker.py").write_text(BROKER_STAND_IN)
+    [port] = free_ports(1)
+    processes = [("broker", shlex.join([sys.executable, str(tmp_path / "broker.py"), str(port), str(notes), "broker"]))]
+    processes += [(name, shlex.join([sys.executable, str(tmp_path / "stand_in.py"), name, str(notes), ""]))
+                  for name in ("worker", "web", "demo")]
+    proc = subprocess.Popen([sys.executable, "-c", ROTATE, json.dumps(processes), str(port)], cwd=REPO_ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        # Every process up twice: the stand-in broker is past 1 MB, so it is replaced.
+        deadline = time.monotonic() + 30
+        while sum(line.endswith(" ready") for line in lines_of(notes)) < 8:
+            assert time.monotonic() < deadline and proc.poll() is None, lines_of(notes)
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, output
+    lines = lines_of(notes)
+    assert sorted(lines[:4]) == ["broker ready", "demo ready", "web ready", "worker ready"]
+    rotation = lines[4:]
+    # The processes above the broker stop in order, each finishing, then the broker; then
+    # an empty broker, and the rest start again above it.
+    assert rotation[:7] == ["demo stopping", "demo stopped", "web stopping", "web stopped", "worker stopping",
+                            "worker stopped", "broker stopped"]
+    assert rotation[7] == "broker ready" and sorted(rotation[8:11]) == ["demo ready", "web ready", "worker ready"]
+    assert "replacing it with an empty one (EMBEDDED_BROKER_MAX_MB)" in output and "unexpectedly" not in output
