@@ -12,7 +12,7 @@ from typing import Awaitable, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.stack import Stack  # noqa: E402
+from tests.stack import running  # noqa: E402
 
 
 def _stat(pid: int) -> tuple[int, float] | None:
@@ -98,15 +98,6 @@ async def create_funded_players(client, ids: list[str], amount_minor: int) -> No
 @contextmanager
 def running_stack(workers: int = 1, **env: str):
     """Bankroll on the embedded stack (or the services whose URLs are set)."""
-    stack = Stack(Path(tempfile.mkdtemp(prefix="bankroll-bench-")))
-    stack.env.update({"REPLY_TIMEOUT_MS": "10000", "BET_HOLD_TTL_S": "120", "MAX_DEPOSITS_PER_HOUR": "1000000",
-                      **env})
-    try:
-        stack.start_services()
-        for i in range(workers):
-            stack.start_worker(f"worker-{i + 1}")
-        stack.start_web()
-        stack.wait_ready()
+    settings = {"REPLY_TIMEOUT_MS": "10000", "BET_HOLD_TTL_S": "120", "MAX_DEPOSITS_PER_HOUR": "1000000", **env}
+    with running(Path(tempfile.mkdtemp(prefix="bankroll-bench-")), workers=workers, **settings) as stack:
         yield stack
-    finally:
-        stack.stop()

@@ -25,6 +25,7 @@ from pathlib import Path
 import aiohttp
 
 from app.client.signed import BankrollClient
+from app.run import rss_mb
 from config.settings import REPO_ROOT, SETTINGS
 
 
@@ -59,17 +60,6 @@ def processes_of(run_dir: str) -> dict[int, str]:
                 if name in text and int(entry) not in out:
                     out[int(entry)] = name
     return out
-
-
-def rss_mb(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
 
 
 def memory_by_kind(run_dir: str) -> dict[str, float]:

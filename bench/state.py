@@ -24,23 +24,10 @@ from aiokafka import AIOKafkaProducer
 from app.api.bus import bootstrap_servers
 from app.domain.wallet.core import Adjust, CreatePlayer
 from app.messages import CommandEnvelope, wallet_key
+from app.run import rss_mb
 from app.streaming import GAME_ROUNDS, WALLET_COMMANDS, topic_name
-from bench.common import running_stack
+from bench.common import running_stack, tree_cpu_s
 from storage.redis.stores import worker_key_prefix
-
-
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / 100  # utime + stime, in clock ticks of 1/100 s
 
 
 async def produce(stack, messages, topic: str) -> int:
@@ -100,7 +87,7 @@ async def memory(stack, operations: int, players: int) -> None:
     await create_players(stack, ids, funded_minor=10**12)
     await wait_processed(db, topic_name(stack.settings, WALLET_COMMANDS), 2 * players, 600)
     worker = stack.workers["worker-1"].pid
-    cpu_before, began = cpu_s(worker), time.monotonic()
+    cpu_before, began = tree_cpu_s(worker), time.monotonic()
 
     def rounds():
         for i in range(operations):
@@ -119,7 +106,7 @@ async def memory(stack, operations: int, players: int) -> None:
             next_report += 30
             print(f"  {await processed(db, topic):>9} rounds settled, worker RSS {rss_mb(worker):6.0f} MB", flush=True)
     elapsed = time.monotonic() - began
-    cpu = cpu_s(worker) - cpu_before
+    cpu = tree_cpu_s(worker) - cpu_before
     largest, average, count = await db.fetchrow(
         "SELECT max(length(record)), avg(length(record))::int, count(*) FROM agent_records WHERE agent = 'wallet'")
     await db.close()

@@ -18,7 +18,9 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -38,6 +40,23 @@ def _wait_until_free(port: int, timeout_s: float = 30.0) -> None:
             except OSError:
                 time.sleep(0.2)
     raise TimeoutError(f"port {port} still taken after {timeout_s} s")
+
+
+@contextmanager
+def running(workdir: Path, *, workers: int = 1, **env: str) -> Iterator["Stack"]:
+    """Broker, PostgreSQL and Redis (embedded unless their URL is set), the workers and the
+    web, ready; all stopped on the way out. `env` sets settings of the run."""
+    stack = Stack(workdir)
+    stack.env.update(env)
+    try:
+        stack.start_services()
+        for i in range(workers):
+            stack.start_worker(f"worker-{i + 1}")
+        stack.start_web()
+        stack.wait_ready()
+        yield stack
+    finally:
+        stack.stop()
 
 
 def free_port() -> int:

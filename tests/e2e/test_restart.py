@@ -28,7 +28,7 @@ from config.settings import REPO_ROOT
 from storage.redis.stores import wallet_cache_key
 from tests.e2e.helpers import Ledger, cash, create_player, deposit, signed_at, uid, webhook_body
 from tests.e2e.test_jackpot_api import contribute, create_pool, pool
-from tests.stack import Stack
+from tests.stack import Stack, running
 
 # A broker named by KAFKA_URL is not this test's to kill and restart empty.
 pytestmark = [pytest.mark.integration,
@@ -37,15 +37,8 @@ pytestmark = [pytest.mark.integration,
 
 @pytest.fixture(scope="module")
 def own_stack(tmp_path_factory: pytest.TempPathFactory):
-    s = Stack(tmp_path_factory.mktemp("restart"))
-    try:
-        s.start_services()
-        s.start_worker("worker-1")
-        s.start_web()
-        s.wait_ready()
+    with running(tmp_path_factory.mktemp("restart")) as s:
         yield s
-    finally:
-        s.stop()
 
 
 async def restart(stack: Stack, **how) -> None:
