@@ -122,8 +122,12 @@ def saga_command(credited: bool, message: dict) -> PayoutCredited | PayoutFailed
 class _Item:
     key: bytes
     envelope: CommandEnvelope | None = None  # a command or a read on jp.commands
+    command: Command | None = None  # the envelope's command, built once (None for a read)
     saga: PayoutCredited | PayoutFailed | None = None  # the wallet's answer to a payout request
     answered_at_ms: int = 0
+    # Set by decide_batch before its lookup of stored answers, and used by the decision.
+    ctx: Context | None = None
+    operation: str = ""
 
 
 @dataclass
@@ -152,11 +156,9 @@ def parse(deps: JackpotAgentDeps, messages: Sequence[Message], sends: list) -> l
         try:
             if m.topic == deps.commands_topic:
                 envelope = CommandEnvelope.decode(m.value)
-                if envelope.kind in (READ_POOL, PRUNE_POOL_OPERATIONS):
-                    items.append(_Item(m.key, envelope))
-                else:
-                    envelope.command()  # refused here, as a poison message, if it cannot be built
-                    items.append(_Item(m.key, envelope))
+                reading = envelope.kind in (READ_POOL, PRUNE_POOL_OPERATIONS)
+                # A command that cannot be built is refused here, as a poison message.
+                items.append(_Item(m.key, envelope, None if reading else envelope.command()))
             else:
                 message = json.loads(m.value)
                 saga = saga_command(m.topic == deps.payout_credited_topic, message)
@@ -176,11 +178,15 @@ async def decide_batch(deps: JackpotAgentDeps, items: Sequence[_Item], sends: li
             decided.loaded_versions[item.key] = state.version
     wanted = set()
     for item in items:
-        if item.envelope is not None and item.envelope.kind not in (READ_POOL, PRUNE_POOL_OPERATIONS):
-            ctx = context(deps, decided.states[item.key], item.envelope)
-            key = operation_key(item.envelope.command(), ctx)
-            if key:
-                wanted.add((item.key, key))
+        if item.envelope is not None and item.command is not None:
+            item.ctx = context(deps, decided.states[item.key], item.envelope)
+            if isinstance(item.command, CreatePool):
+                # The seed is the engine's; the admin never sees it, only its commitment.
+                item.command = dataclasses.replace(item.command,
+                                                   server_seed_hash=seed_commitment(item.ctx.server_seed))
+            item.operation = operation_key(item.command, item.ctx)
+            if item.operation:
+                wanted.add((item.key, item.operation))
     found = await read_durably("stored answers", lambda: deps.store.answers(AGENT, wanted))
     stored = {pair: decode_operation(raw) for pair, raw in found.items()}
     for item in items:
@@ -189,7 +195,7 @@ async def decide_batch(deps: JackpotAgentDeps, items: Sequence[_Item], sends: li
             _decide_saga(deps, decided, item.key, item.saga, item.answered_at_ms)
             kind = "jp_payout_credited" if isinstance(item.saga, PayoutCredited) else "jp_payout_failed"
         elif item.envelope is not None:
-            _decide_command(deps, decided, item.key, item.envelope, stored, in_ledger)
+            _decide_command(deps, decided, item, item.envelope, stored, in_ledger)
             kind = item.envelope.kind
         AGENT_SECONDS.labels(kind).observe(time.perf_counter() - started)
     return decided
@@ -210,9 +216,10 @@ def _apply(decided: _Decided, key: bytes, state: PoolState, decision: Decision, 
     return state
 
 
-def _decide_command(deps: JackpotAgentDeps, decided: _Decided, key: bytes, envelope: CommandEnvelope,
+def _decide_command(deps: JackpotAgentDeps, decided: _Decided, item: _Item, envelope: CommandEnvelope,
                     stored: dict[tuple[bytes, str], tuple[int, OperationRecord]],
                     in_ledger: AbstractSet[tuple[str, str]]) -> None:
+    key = item.key
     state = decided.states[key]
     if envelope.kind == PRUNE_POOL_OPERATIONS:
         return  # answers are pruned in PostgreSQL now; a command of an older version asks for nothing
@@ -223,12 +230,8 @@ def _decide_command(deps: JackpotAgentDeps, decided: _Decided, key: bytes, envel
             code = str(JackpotResult.POOL_NOT_FOUND)
             body = {"error": {"code": code, "message": "no such pool"}}
     else:
-        command: Command = envelope.command()
-        ctx = context(deps, state, envelope)
-        if isinstance(command, CreatePool):
-            # The seed is the engine's; the admin never sees it, only its commitment.
-            command = dataclasses.replace(command, server_seed_hash=seed_commitment(ctx.server_seed))
-        operation = operation_key(command, ctx)
+        # decide_batch built both for every command before looking up stored answers.
+        command, ctx, operation = item.command, item.ctx, item.operation
         recorded = (decided.answers.get((key, operation)) or stored.get((key, operation))) if operation else None
         view = state if recorded is None else dataclasses.replace(state, operations={operation: recorded[1]})
         decision = decide(view, command, ctx)
