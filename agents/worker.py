@@ -245,11 +245,11 @@ def build_worker(
     @streams.pools.on_recover
     async def restore_pools() -> None:
         partitions = owned_partitions(jp_commands_topic)
-        forget_others(pools, partitions)
         # Operation records an older version kept in this table live in PostgreSQL now.
-        stale = [key for key, _ in pools.items() if not jackpot_agent.is_pool_key(key)]
-        for key in stale:
-            streams.pools.data.pop(key, None)
+        for key, _ in pools.items():
+            if not jackpot_agent.is_pool_key(key):
+                streams.pools.data.pop(key, None)
+        forget_others(pools, partitions)
         restored = await restore(pools, await agent_store(), jackpot_agent.AGENT, partitions,
                                  lambda raw: decode_pool(raw).version)
         log.info("pool partitions %s ready: %d records restored from PostgreSQL", sorted(partitions), restored)
@@ -304,11 +304,14 @@ def build_worker(
         """Drop the records of partitions this worker no longer owns: their new owner has
         them, and a partition that comes back is recovered and restored afresh."""
         for key, _ in table.items():
-            if partition_of(key.split(jackpot_agent.OPERATION_MARK, 1)[0], settings.topic_partitions) not in owned:
+            if not owned_by(key, owned):
                 table.table.data.pop(key, None)
 
+    def owned_by(key: bytes, owned: set[int]) -> bool:
+        return partition_of(key, settings.topic_partitions) in owned
+
     def mine(items, owned_now: set[int]) -> list[tuple[bytes, bytes]]:  # type: ignore[no-untyped-def]
-        return [(key, raw) for key, raw in items if partition_of(key, settings.topic_partitions) in owned_now]
+        return [(key, raw) for key, raw in items if owned_by(key, owned_now)]
 
     async def scan_pools(owned_now: set[int]) -> None:
         records = jackpot_agent.pool_records(mine(pools.items(), owned_now))
