@@ -23,7 +23,6 @@ from agents.batch import (
     Message, RecordTable, Sender, applied_before, decide_and_commit, positions_of, read_durably, write_records,
 )
 from agents.wallet import POOL_SNAPSHOT, ExpiryScheduler, OutputBuffer, owns_key, partition_of, poison as _poison
-from app.domain.jackpot.codec import decode_operation, decode_state, encode_operation, encode_state
 from app.domain.jackpot.core import (
     Command, Context, Contribute, CreatePool, Decision, JackpotResult, PayoutCredited, PayoutFailed, Rules,
     already_applied, decide, evolve, next_timer_ms, operation_key, pool_view,
@@ -36,6 +35,7 @@ from app.messages import (
 from app.metrics import AGENT_SECONDS, JP_CONTRIBUTIONS_REFUSED, JP_PAYOUT_SECONDS, JP_POOL_SIZE
 from config import Settings
 from storage.ports import AgentStore, AnswerWrite, BatchCommit, RecordWrite
+from tables.pools import decode_operation, decode_state, encode_operation, encode_state
 
 log = logging.getLogger("bankroll.jackpot")
 

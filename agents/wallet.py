@@ -25,7 +25,6 @@ from agents.batch import (
 )
 from app.api.validation import InvalidRequest
 from app.domain.jackpot.core import Contribute
-from app.domain.wallet.codec import decode_state, encode_state
 from app.domain.wallet.core import (
     CLAIMING, RETRYABLE_JACKPOT_REFUSALS, Context, CreditJackpot, PlayRound, Rules, WalletResult, WalletState,
     already_applied, claim_of, decide, evolve, limits_view, wallet_view, withdrawal_view,
@@ -39,6 +38,7 @@ from app.metrics import AGENT_SECONDS, POISON_MESSAGES, ROUNDS_REJECTED
 from app.rounds import parse_round
 from config import Settings
 from storage.ports import AgentStore, AnswerWrite, BatchCommit, Claim, RecordWrite
+from tables.wallets import decode_state, encode_state
 
 log = logging.getLogger("bankroll.wallet")
 

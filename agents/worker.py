@@ -22,13 +22,12 @@ from agents.batch import FaustRecordTable, Message, RecordTable, read_durably
 from agents.ledger_flush import run_ledger_flush
 from agents.wallet import POOL_SNAPSHOT, ExpiryScheduler, OutputBuffer, Snapshot, WalletAgentDeps, partition_of
 from app.domain.jackpot import core as jp
-from app.domain.jackpot.codec import decode_state as decode_pool
-from app.domain.wallet.codec import record_version
 from app.domain.wallet.core import Tick
 from app.messages import CommandEnvelope
-from app.streaming import (
+from app.streaming import BankrollApp, create_streams
+from app.topics import (
     GAME_ROUND_RESULTS, GAME_ROUNDS, JP_COMMANDS, JP_CONTRIBUTION_RECORDED, JP_PAYOUT_CREDITED, JP_PAYOUT_FAILED,
-    JP_PAYOUT_REQUESTED, WALLET_COMMANDS, BankrollApp, create_streams, topic_name,
+    JP_PAYOUT_REQUESTED, WALLET_COMMANDS, topic_name,
 )
 from config import Settings, load_settings
 from storage.postgres.agent_state import PostgresAgentStore
@@ -36,6 +35,8 @@ from storage.postgres.migrate import migrate
 from storage.postgres.stores import PostgresLedgerStore, create_pool
 from storage.ports import AgentStore, LedgerStore
 from storage.redis.stores import RedisPoolCache, RedisWalletCache, connect as connect_redis, worker_key_prefix
+from tables.pools import decode_state as decode_pool
+from tables.wallets import record_version
 
 log = logging.getLogger("bankroll.worker")
 

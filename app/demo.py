@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaProducer
 from app.api.bus import bootstrap_servers, ensure_topics
 from app.client.signed import BankrollClient
 from app.messages import wallet_key
-from app.streaming import GAME_ROUNDS, topic_name
+from app.topics import GAME_ROUNDS, topic_name
 from config import Settings, load_settings
 
 log = logging.getLogger("bankroll.demo")

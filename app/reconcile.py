@@ -42,14 +42,14 @@ from typing import Callable, Hashable, Iterable, Mapping, TextIO, TypeVar
 
 import asyncpg
 
-from app.domain.jackpot.codec import decode_state as decode_pool_state
 from app.domain.jackpot.core import Conservation, conservation, liability_account, reserve_account
 from app.domain.jackpot.state import MAIN_TIER, PoolState
 from app.domain.ledger import player_account
-from app.domain.wallet.codec import decode_state
 from config import Settings, load_settings
 from storage.postgres.stores import LEDGER_TOTALS, create_pool
 from storage.redis.stores import RedisPoolCache, connect as connect_redis, wallet_cache_key
+from tables.pools import decode_state as decode_pool_state
+from tables.wallets import decode_state
 
 # The agents' names in agent_records (agents/wallet.py and agents/jackpot.py), spelled out
 # because app/ does not import the agents built on top of it; a test keeps them equal.

@@ -1,4 +1,4 @@
-"""The Faust application: transport tuning, topics and tables, declared in one place."""
+"""The Faust application: transport tuning and the streams (topic names: app/topics.py; tables: tables/)."""
 from __future__ import annotations
 
 import asyncio
@@ -13,26 +13,12 @@ from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth, serve
 from faust.transport.producer import ProducerBuffer
 from faust.types import TP
 
+from app.topics import (
+    GAME_ROUND_RESULTS, GAME_ROUNDS, JP_COMMANDS, JP_CONTRIBUTION_RECORDED, JP_PAYOUT_CREDITED, JP_PAYOUT_FAILED,
+    JP_PAYOUT_REQUESTED, LEDGER_POSTINGS, WALLET_COMMANDS, topic_name,
+)
 from config import Settings
-from tables.store import register as register_store
-
-WALLET_COMMANDS = "wallet.commands"
-LEDGER_POSTINGS = "ledger.postings"
-GAME_ROUNDS = "game.rounds"  # game servers publish finished rounds here (JSON)
-GAME_ROUND_RESULTS = "game.rounds.results"  # Bankroll's answer to each round (JSON)
-WALLET_TABLE = "wallets"
-# Jackpots (SPEC §3). Commands and the wallet's payout answers are keyed tenant|pool; payout
-# requests tenant|player, so the wallet agent that owns the winner applies them.
-JP_COMMANDS = "jp.commands"
-JP_CONTRIBUTION_RECORDED = "jp.contribution.recorded"
-JP_PAYOUT_REQUESTED = "jp.payout.requested"
-JP_PAYOUT_CREDITED = "jp.payout.credited"
-JP_PAYOUT_FAILED = "jp.payout.failed"
-POOL_TABLE = "pools"
-
-
-def topic_name(settings: Settings, name: str) -> str:
-    return settings.topic_prefix + name
+from tables.declare import declare_tables
 
 
 async def true_end_offsets(consumer_kwargs: dict, ends: Mapping[Any, int], timeout_s: float) -> dict:
@@ -219,18 +205,7 @@ def create_streams(settings: Settings, *, app_id: str | None = None) -> Streams:
 
     wallet_inputs = raw_topic(WALLET_COMMANDS, GAME_ROUNDS, JP_PAYOUT_REQUESTED)
     jackpot_inputs = raw_topic(JP_COMMANDS, JP_PAYOUT_CREDITED, JP_PAYOUT_FAILED)
-    # bytes key and value types make Faust use the raw codec for the changelog, both when
-    # writing and when recovering; the value is the msgpack record of app.domain.wallet.codec.
-    # The store reads a newly assigned changelog partition in bulk (tables/store.py).
-    store = register_store()
-    wallets = app.Table(
-        WALLET_TABLE, default=None, partitions=settings.topic_partitions, key_type=bytes, value_type=bytes,
-        store=store,
-    )
-    pools = app.Table(
-        POOL_TABLE, default=None, partitions=settings.topic_partitions, key_type=bytes, value_type=bytes,
-        store=store,
-    )
+    wallets, pools = declare_tables(app, settings)
     return Streams(app=app, wallet_commands=raw_topic(WALLET_COMMANDS), ledger_postings=raw_topic(LEDGER_POSTINGS),
                    game_rounds=raw_topic(GAME_ROUNDS), game_round_results=raw_topic(GAME_ROUND_RESULTS),
                    wallet_inputs=wallet_inputs, wallets=wallets, jp_commands=raw_topic(JP_COMMANDS),

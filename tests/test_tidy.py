@@ -1,14 +1,22 @@
-"""Style enforced by a test: the core stays pure, money stays integral, config stays central."""
+"""Style enforced by a test: the core stays pure, money stays integral, config stays central,
+and the web process and the operator tools import no Faust."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 CORE = ROOT / "app" / "domain"
 IO_MODULES = {"faust", "mode", "asyncpg", "redis", "aiohttp", "aiokafka", "asyncio", "socket", "os", "time",
               "random", "uuid", "datetime", "requests", "subprocess"}
 SOURCE_DIRS = ["app", "agents", "tables", "storage", "config"]
+# The web process (`python -m app.api.server`, see Procfile) and the operator tools; they
+# name topics through app.topics and read records through tables/wallets.py and tables/pools.py.
+FAUST_FREE = ["app.api.server", "app.reconcile", "app.jp_verify", "app.demo"]
 
 
 def python_files(*dirs: Path):
@@ -64,3 +72,11 @@ def test_no_assert_for_checks_in_shipped_code():
             if isinstance(node, ast.Assert):
                 offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert not offenders, offenders
+
+
+@pytest.mark.parametrize("module", FAUST_FREE)
+def test_web_process_and_operator_tools_import_no_faust(module):
+    probe = f"import sys, {module}; print(sorted(m for m in ('faust', 'mode') if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]", f"importing {module} imports {done.stdout.strip()}"

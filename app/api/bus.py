@@ -19,16 +19,8 @@ from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExists
 
 from app.messages import CommandEnvelope, decode_reply
 from app.metrics import REPLY_TIMEOUTS
-from app.streaming import (
-    GAME_ROUND_RESULTS, GAME_ROUNDS, JP_COMMANDS, JP_CONTRIBUTION_RECORDED, JP_PAYOUT_CREDITED, JP_PAYOUT_FAILED,
-    JP_PAYOUT_REQUESTED, LEDGER_POSTINGS, WALLET_COMMANDS, topic_name,
-)
+from app.topics import BANKROLL_TOPICS, WALLET_COMMANDS, topic_name
 from config import Settings
-
-# Created with the configured partition count before anything is produced, so a broker that
-# auto-creates topics cannot give the ones the tables are co-partitioned with another count.
-BANKROLL_TOPICS = (WALLET_COMMANDS, LEDGER_POSTINGS, GAME_ROUNDS, GAME_ROUND_RESULTS, JP_COMMANDS,
-                   JP_CONTRIBUTION_RECORDED, JP_PAYOUT_REQUESTED, JP_PAYOUT_CREDITED, JP_PAYOUT_FAILED)
 
 log = logging.getLogger("bankroll.bus")
 

@@ -15,7 +15,7 @@ from app.api.handlers import body_of, now_ms, services
 from app.domain.jackpot import core as jp
 from app.domain.jackpot.rng import ppb_from_decimal
 from app.messages import COMMAND_NAMES, READ_POOL, pool_key
-from app.streaming import JP_COMMANDS
+from app.topics import JP_COMMANDS
 
 MAX_TIERS = 8
 # Contributions carried on game.rounds use the round's operation key as their id.

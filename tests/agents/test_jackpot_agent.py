@@ -14,12 +14,12 @@ from agents.jackpot import AGENT, JackpotAgentDeps, load_pool, rules_from_settin
 from agents.wallet import ExpiryScheduler, OutputBuffer, WalletAgentDeps
 from agents.wallet import run_batch as run_wallet_batch
 from app.domain.jackpot import core as jp
-from app.domain.jackpot.codec import decode_operation
 from app.domain.wallet import core as w
 from app.messages import COMMAND_NAMES, READ_POOL, CommandEnvelope, decode_reply, pool_key, request_hash, wallet_key
 from config import Settings
 from storage.memory.stores import MemoryAgentStore
 from storage.ports import BatchCommit
+from tables.pools import decode_operation
 
 SECRET = b"test-secret-of-sixteen-bytes"
 KEY = pool_key("dev", "grand")

@@ -13,12 +13,12 @@ from agents.wallet import (
     AGENT, ExpiryScheduler, OutputBuffer, WalletAgentDeps, decode_answer, load_state, partition_of, run_batch,
 )
 from agents.worker import WorkerResources, build_worker, restore
-from app.domain.wallet.codec import decode_state, encode_state, record_version
 from app.domain.wallet.core import Rules
 from app.messages import CommandEnvelope, decode_reply, request_hash, wallet_key
 from config import Settings
 from storage.memory.stores import MemoryAgentStore, MemoryPoolCache, MemoryWalletCache
 from storage.ports import BatchCommit
+from tables.wallets import decode_state, encode_state, record_version
 
 KEY = wallet_key("dev", "p1")
 PSP = {"psp": "sandbox", "event_id": "e1", "deposit_id": "d1", "status": "SUCCEEDED", "amount_minor": 5_000,

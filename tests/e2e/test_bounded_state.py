@@ -11,9 +11,9 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from app.api.bus import bootstrap_servers
-from app.domain.wallet.codec import decode_state
 from app.messages import wallet_key
-from app.streaming import GAME_ROUNDS, topic_name
+from app.topics import GAME_ROUNDS, topic_name
+from tables.wallets import decode_state
 from tests.e2e.helpers import signed_at, uid
 from tests.e2e.test_restart import _now
 

@@ -14,8 +14,8 @@ from app.api.bus import bootstrap_servers
 from app.domain.jackpot.core import PoolConfig, TierConfig, ledger_conservation, payout_account
 from app.domain.ledger import Posting
 from app.messages import wallet_key
-from app.streaming import GAME_ROUNDS, JP_CONTRIBUTION_RECORDED, topic_name
 from app.client.signed import BankrollClient
+from app.topics import GAME_ROUNDS, JP_CONTRIBUTION_RECORDED, topic_name
 from tests.e2e.helpers import Ledger, cash, create_player, signed_at, uid
 
 pytestmark = pytest.mark.integration

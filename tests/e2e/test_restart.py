@@ -22,10 +22,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from app.client.signed import BankrollClient
-from app.domain.wallet.codec import decode_state, encode_state
 from app.messages import wallet_key
 from config.settings import REPO_ROOT
 from storage.redis.stores import wallet_cache_key
+from tables.wallets import decode_state, encode_state
 from tests.e2e.helpers import Ledger, cash, create_player, deposit, signed_at, uid, webhook_body
 from tests.e2e.test_jackpot_api import contribute, create_pool, pool
 from tests.stack import Stack, running

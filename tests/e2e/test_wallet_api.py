@@ -11,7 +11,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from app.api.bus import bootstrap_servers
 from app.messages import wallet_key
-from app.streaming import GAME_ROUND_RESULTS, GAME_ROUNDS, topic_name
+from app.topics import GAME_ROUND_RESULTS, GAME_ROUNDS, topic_name
 from tests.e2e.helpers import Ledger, cash, create_player, deposit, signed_at, uid, webhook_body
 
 pytestmark = pytest.mark.integration

@@ -15,7 +15,6 @@ import pytest
 import redis.asyncio as aioredis
 
 from app.client.signed import BankrollClient
-from app.domain.wallet.codec import encode_state
 from app.domain.wallet.core import WalletState
 from app.reconcile import (
     CACHED, EXIT_DRIFT, EXIT_ERROR, EXIT_OK, NOT_CACHED, NOT_IN_SNAPSHOT, POOL_AGENT, SIZE, WALLET_AGENT,
@@ -25,6 +24,7 @@ from app.reconcile import (
 from config import Settings
 from config.settings import REPO_ROOT
 from storage.redis.stores import RedisPoolCache, pool_cache_key, wallet_cache_key
+from tables.wallets import encode_state
 from tests.e2e.helpers import Ledger, create_player, deposit, uid, webhook_body
 from tests.e2e.test_jackpot_api import contribute, create_pool, pool, until
 from tests.stack import free_port

@@ -15,7 +15,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from app.api.bus import bootstrap_servers, ensure_topics
-from app.streaming import WALLET_COMMANDS, topic_name
+from app.topics import WALLET_COMMANDS, topic_name
 from config import Settings
 from config.settings import REPO_ROOT
 

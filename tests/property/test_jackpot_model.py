@@ -16,12 +16,12 @@ from hypothesis import event, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from app.domain.jackpot.chain import ChainHead, verify
-from app.domain.jackpot.codec import decode_state, encode_state
 from app.domain.jackpot.core import (
     Context, Contribute, CreatePool, JackpotResult, PayoutCredited, PayoutFailed, Reconfigure, RetryPayout, Rules,
     Tick, TierPatch, Trigger, check_ledger, check_pool, conservation, decide, evolve,
 )
 from app.domain.jackpot.state import CREDITED, FAILED, PAYOUT_REQUESTED, PoolState, TierConfig, payout_key
+from tables.pools import decode_state, encode_state
 
 R = JackpotResult
 SEED = b"model-server-seed"

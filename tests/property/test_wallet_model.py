@@ -11,12 +11,12 @@ from hypothesis import settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from app.domain.ledger import account_deltas, check_deltas_balance
-from app.domain.wallet.codec import decode_state, encode_state
 from app.domain.wallet.core import (
     ApplyPspResult, ApplyWithdrawalResult, CancelBet, CaptureHold, Context, CreatePlayer, GrantBonus, PlaceBet,
     RequestDeposit, RequestWithdrawal, Rules, SetPlayerStatus, SettleBet, Tick, WalletResult, WalletState,
     CLAIMING, check_wallet, claim_of, decide, evolve,
 )
+from tables.wallets import decode_state, encode_state
 
 R = WalletResult
 BET_IDS = st.sampled_from([f"b{i}" for i in range(5)])

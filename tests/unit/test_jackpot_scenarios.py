@@ -14,7 +14,6 @@ import pytest
 
 from app.domain.errors import InvariantViolation
 from app.domain.jackpot.chain import ChainHead, verify
-from app.domain.jackpot.codec import decode_state, encode_state
 from app.domain.jackpot.core import (
     CheckCandidate, Conservation, Context, Contribute, CreatePool, JackpotResult, PayoutCredited, PayoutFailed, Reconfigure,
     RetryPayout, Rules, Tick, TierPatch, Trigger, chain_entry_from_audit, check_conservation, check_ledger,
@@ -23,6 +22,7 @@ from app.domain.jackpot.core import (
 from app.domain.jackpot.rng import deadline_winner_index, round_wins, verify_reveal
 from app.domain.jackpot.state import CREDITED, MAIN_TIER, PoolState, TierConfig, TierState, Totals
 from app.domain.ledger import Posting
+from tables.pools import decode_state, encode_state
 
 R = JackpotResult
 SEED = b"server-seed-for-tests-0001"

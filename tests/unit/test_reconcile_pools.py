@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from app.domain.jackpot.codec import encode_operation, encode_state
 from app.domain.jackpot.core import Conservation, pool_view
 from app.domain.jackpot.state import OperationRecord, PoolState, Totals
 from app.domain.ledger import account_deltas
@@ -17,6 +16,7 @@ from app.reconcile import (
     PoolReport, PoolRow, PoolSnapshot, Report, UnbalancedPool, apply_pool_changelog, compare,
     compare_pools, confirm, parse_pool_account, parse_pool_snapshot, pool_record, render,
 )
+from tables.pools import encode_operation, encode_state
 from tests.unit.test_jackpot_scenarios import LIABILITY, RESERVE as RESERVE_ACCOUNT, World, create
 
 T = "dev"  # the World's tenant

@@ -8,12 +8,12 @@ import pytest
 
 from app.domain.ledger import account_deltas, check_deltas_balance
 from app.domain.wallet.calendar import DAY_MS, MINUTE_MS, period_key
-from app.domain.wallet.codec import decode_state, encode_state
 from app.domain.wallet.core import (
     Adjust, ApplyPspResult, ApplyWithdrawalResult, CancelBet, CaptureHold, Context, ConvertFx, CreatePlayer,
     GrantBonus, PlaceBet, PlayRound, ReleaseHold, RequestDeposit, RequestWithdrawal, Rules, SetLimits,
     SetPlayerStatus, SettleBet, Tick, WalletResult, WalletState, decide, evolve, fx_convert_amount, wallet_view,
 )
+from tables.wallets import decode_state, encode_state
 
 R = WalletResult
 T0 = 1_763_000_000_000  # a Thursday in November 2025, 02:13 UTC

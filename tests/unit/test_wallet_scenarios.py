@@ -5,7 +5,6 @@ import pytest
 
 from app.domain.errors import InvariantViolation
 from app.domain.ledger import Posting, account_deltas, check_deltas_balance
-from app.domain.wallet.codec import decode_state, encode_state
 from app.domain.wallet.core import (
     ApplyPspResult,
     Context,
@@ -19,6 +18,7 @@ from app.domain.wallet.core import (
     evolve,
     wallet_view,
 )
+from tables.wallets import decode_state, encode_state
 
 HOUR_MS = 3_600_000
 RETENTION_MS = 72 * HOUR_MS

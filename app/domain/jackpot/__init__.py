@@ -4,5 +4,6 @@
     core.py   commands, result codes, events, decide / evolve, invariants, reads
     rng.py    HMAC-SHA256 draws from the server seed, must-drop commitments
     chain.py  the hash-chained audit log and its verify
-    codec.py  msgpack encoding of the pool record
+
+Its msgpack record codec is tables/pools.py.
 """
