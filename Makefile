@@ -20,11 +20,14 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# Each script starts its own stack(s); bets, rounds, jackpot and flush measure the plain
+# PostgreSQL wallet on that PostgreSQL too. rounds --compare-workers: one worker, then two.
 bench: $(STAMP)
 	$(PY) -m bench.deposits
 	$(PY) -m bench.bets
-	$(PY) -m bench.rounds
+	$(PY) -m bench.rounds --compare-workers
 	$(PY) -m bench.jackpot
+	$(PY) -m bench.flush
 	$(PY) -m bench.state
 
 clean:

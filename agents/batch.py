@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import time
 from dataclasses import dataclass
 from typing import AbstractSet, Any, Awaitable, Callable, Iterable, MutableMapping, Protocol, Sequence, TypeVar
 
 from app.domain.errors import InvariantViolation
+from config.settings import AFTER_COMMIT, BEFORE_COMMIT, CrashPoint
 from storage.ports import AgentStore, BatchCommit
 
 log = logging.getLogger("bankroll.batch")
@@ -229,6 +232,39 @@ async def decide_and_commit(
             log.warning("a batch applies operations the ledger holds already, refusing them: %s", exc)
             in_ledger |= exc.operations
     raise RuntimeError(f"a {commit.agent} batch was refused {MAX_DECISION_ROUNDS} times in a row")
+
+
+def with_crash_point(store: AgentStore, point: CrashPoint | None) -> AgentStore:
+    """The store, or with a crash point (FAULT_CRASH_POINT, crash tests only) a store whose
+    process kills itself right before or right after its Nth commit."""
+    return store if point is None else CrashingStore(store, point)
+
+
+class CrashingStore:
+    """An AgentStore that SIGKILLs its own process at a crash point: nothing runs after
+    it, no `finally`, no flush, exactly as under kill -9."""
+
+    def __init__(self, store: AgentStore, point: CrashPoint) -> None:
+        self.store = store
+        self.point = point
+        self.commits = 0
+
+    async def commit(self, batch: BatchCommit) -> None:
+        self.commits += 1
+        crash = self.commits == self.point.commit
+        if crash and self.point.moment == BEFORE_COMMIT:
+            self._die(batch)
+        await self.store.commit(batch)
+        if crash and self.point.moment == AFTER_COMMIT:
+            self._die(batch)
+
+    def _die(self, batch: BatchCommit) -> None:
+        log.warning("crash point %s:%d reached (a batch of %d postings): killing the worker", self.point.moment,
+                    self.point.commit, len(batch.postings))
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
 
 
 def write_records(table: RecordTable, commit: BatchCommit) -> None:

@@ -18,7 +18,7 @@ from prometheus_client import start_http_server
 
 from agents import jackpot as jackpot_agent
 from agents import wallet as wallet_agent_module
-from agents.batch import FaustRecordTable, Message, RecordTable, read_durably
+from agents.batch import FaustRecordTable, Message, RecordTable, read_durably, with_crash_point
 from agents.ledger_flush import run_ledger_flush
 from agents.wallet import POOL_SNAPSHOT, ExpiryScheduler, OutputBuffer, Snapshot, WalletAgentDeps, partition_of
 from app.domain.jackpot import core as jp
@@ -194,7 +194,8 @@ def build_worker(
 
     async def wallet_deps() -> WalletAgentDeps:
         return WalletAgentDeps(
-            table=wallets, store=await agent_store(), outputs=outputs, send_to_topic=send_to_topic,
+            table=wallets, store=with_crash_point(await agent_store(), settings.fault_crash_point),
+            outputs=outputs, send_to_topic=send_to_topic,
             retention_ms=retention_ms, rules=wallet_agent_module.rules_from_settings(settings), scheduler=scheduler,
             partitions=settings.topic_partitions, commands_topic=commands_topic, rounds_topic=names[GAME_ROUNDS],
             results_topic=names[GAME_ROUND_RESULTS], payout_requested_topic=names[JP_PAYOUT_REQUESTED],

@@ -99,8 +99,9 @@ async def run(dsn: str, rounds: int, players: int, connections: int = 20) -> flo
 
 
 def main() -> None:
-    from bench.common import running_stack
+    from bench.common import print_load_average, running_stack
 
+    print_load_average()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=20_000)
     parser.add_argument("--players", type=int, default=2_000)

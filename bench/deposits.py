@@ -22,7 +22,7 @@ import aiohttp
 import asyncpg
 
 from app.client.signed import BankrollClient
-from bench.common import percentile, running_stack
+from bench.common import percentile, print_load_average, running_stack
 
 
 def summary(name: str, latencies_s: list[float], wall_s: float, errors: int) -> str:
@@ -104,6 +104,7 @@ async def run(base_url: str, database_url: str, tenant_id: str, requests: int, l
 
 
 def main() -> None:
+    print_load_average()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=3000, help="deposits per concurrency level")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[50, 200])

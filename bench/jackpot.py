@@ -8,6 +8,13 @@ a fixed schedule whatever the answers do, so a slow server shows as latency. The
 per second; the time from sending a trigger to seeing its `jp.payout.credited` event
 (emitted once the wallet agent has credited the winner) is the trigger -> credit latency.
 
+Without --rates the plain PostgreSQL wallet (bench/baseline_sql.py) is measured first on
+the same PostgreSQL and contributions go at one third of its rounds per second. Each
+target is printed beside its figure with PASS/MISS: contribution p99 (--p99-target-ms,
+50) and trigger -> credit p95 (--credit-p95-target-ms, 100). Also the CPU milliseconds
+per contribution of every process.
+
+    python -m bench.jackpot                               # baseline first, rate = baseline / 3
     python -m bench.jackpot --rates 100,250,500 --seconds 20
 """
 from __future__ import annotations
@@ -22,11 +29,13 @@ from aiokafka import AIOKafkaConsumer
 
 from app.api.bus import bootstrap_servers
 from app.client.signed import BankrollClient
-from app.streaming import JP_PAYOUT_CREDITED, topic_name
-from bench.common import latency_line, open_loop, percentile, running_stack
+from app.topics import JP_PAYOUT_CREDITED, topic_name
+from bench.common import (add_baseline_arguments, cpu_per_operation_line, latency_line, measure_baseline, open_loop,
+                          percentile, print_load_average, running_stack, stack_cpu_s, target_line)
 
 
-async def contributions(client: BankrollClient, tag: str, rate: float, seconds: float, pools: int) -> None:
+async def contributions(stack, client: BankrollClient, tag: str, rate: float, seconds: float, pools: int,
+                        p99_target_ms: float) -> None:
     pool_ids = [f"bp-{tag}-{int(rate)}-{i}" for i in range(pools)]
     for pool_id in pool_ids:
         status, body = await client.call("POST", "/v1/jp/pools", {
@@ -50,10 +59,14 @@ async def contributions(client: BankrollClient, tag: str, rate: float, seconds: 
             unanswered.append(body_of(i))
 
     total = int(rate * seconds)
+    cpu_before = stack_cpu_s(stack)
     wall = await open_loop(rate, total, one)
+    cpu_after = stack_cpu_s(stack)
     print(f"contributions at {rate:.0f}/s target over {pools} pool(s): {total / wall:.0f}/s achieved, "
           f"{len(errors)} errors {errors[:2]}")
     print(latency_line("POST /v1/jp/contributions", latencies_ms))
+    print(target_line(f"contribution p99 at {rate:.0f}/s", percentile(latencies_ms, 99), p99_target_ms))
+    print(cpu_per_operation_line(cpu_before, cpu_after, total, "contribution"))
     # A game server retries what was not answered (a 504 may or may not have been applied)
     # with the same contribution id until it is; then every contribution counts exactly once.
     while unanswered:
@@ -64,10 +77,11 @@ async def contributions(client: BankrollClient, tag: str, rate: float, seconds: 
         status, body = await client.call("GET", f"/v1/jp/pools/{pool_id}")
         sizes.append(body["size"])
     expected = 100_000 * pools + 2 * total
-    print(f"{'pool sizes after retries':<30} {sum(sizes)} == {expected}: {sum(sizes) == expected}")
+    exact = sum(sizes) == expected
+    print(f"{'pool sizes after retries':<30} {sum(sizes)} == {expected}   {'PASS' if exact else 'MISS'}")
 
 
-async def triggers(stack, client: BankrollClient, tag: str, count: int, rate: float) -> None:
+async def triggers(stack, client: BankrollClient, tag: str, count: int, rate: float, p95_target_ms: float) -> None:
     players = [f"tp-{tag}-{i}" for i in range(count)]
     for start in range(0, count, 100):
         chunk = players[start:start + 100]
@@ -114,34 +128,43 @@ async def triggers(stack, client: BankrollClient, tag: str, count: int, rate: fl
     print(f"{count} triggers at {rate:.0f}/s, each a fresh pool and winner")
     print(latency_line("POST /v1/jp/triggers", trigger_ms))
     print(latency_line("trigger -> wallet credited", list(credited_ms.values())))
-    print(f"{'credited':<30} {len(credited_ms)}/{count}; p95 target 100 ms: "
-          f"{'met' if percentile(list(credited_ms.values()), 95) <= 100 else 'NOT met'}")
+    print(f"{'credited':<30} {len(credited_ms)}/{count}")
+    print(target_line(f"trigger -> credit p95 at {rate:.0f} triggers/s", percentile(list(credited_ms.values()), 95),
+                      p95_target_ms))
 
 
-async def run(stack, rates: list[float], seconds: float, pools: int, trigger_count: int,
-              trigger_rate: float) -> None:
+async def run(stack, rates: list[float] | None, args: argparse.Namespace) -> None:
+    if rates is None:
+        baseline = await measure_baseline(stack, args.baseline_rounds, args.baseline_players)
+        rates = [baseline / 3]
+        print(f"contribution rate: baseline / 3 = {rates[0]:.0f}/s", flush=True)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         client = BankrollClient(stack.base_url, session=session)
         tag = str(int(time.time()))
         for rate in rates:
-            await contributions(client, tag, rate, seconds, pools)
+            await contributions(stack, client, tag, rate, args.seconds, args.pools, args.p99_target_ms)
             await asyncio.sleep(2)
-        if trigger_count:
-            await triggers(stack, client, tag, trigger_count, trigger_rate)
+        if args.triggers:
+            await triggers(stack, client, tag, args.triggers, args.trigger_rate, args.credit_p95_target_ms)
 
 
 def main() -> None:
+    print_load_average()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rates", default="100,250,500", help="contribution requests per second, comma separated")
+    parser.add_argument("--rates", default=None,
+                        help="contribution requests per second, comma separated; default: the baseline's rounds/s / 3")
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--pools", type=int, default=4)
     parser.add_argument("--triggers", type=int, default=300)
     parser.add_argument("--trigger-rate", type=float, default=20)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--p99-target-ms", type=float, default=50, help="contribution p99 target")
+    parser.add_argument("--credit-p95-target-ms", type=float, default=100, help="trigger -> credit p95 target")
+    add_baseline_arguments(parser)
     args = parser.parse_args()
+    rates = None if args.rates is None else [float(r) for r in args.rates.split(",")]
     with running_stack(args.workers) as stack:
-        asyncio.run(run(stack, [float(r) for r in args.rates.split(",")], args.seconds, args.pools, args.triggers,
-                        args.trigger_rate))
+        asyncio.run(run(stack, rates, args))
 
 
 if __name__ == "__main__":

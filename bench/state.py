@@ -25,8 +25,8 @@ from app.api.bus import bootstrap_servers
 from app.domain.wallet.core import Adjust, CreatePlayer
 from app.messages import CommandEnvelope, wallet_key
 from app.run import rss_mb
-from app.streaming import GAME_ROUNDS, WALLET_COMMANDS, topic_name
-from bench.common import running_stack, tree_cpu_s
+from app.topics import GAME_ROUNDS, WALLET_COMMANDS, topic_name
+from bench.common import announced_partitions, print_load_average, running_stack, tree_cpu_s
 from storage.redis.stores import worker_key_prefix
 
 
@@ -118,20 +118,12 @@ async def memory(stack, operations: int, players: int) -> None:
 
 async def ready_in(stack, timeout_s: float = 300) -> float:
     """Seconds until a worker announces it serves every partition."""
-    client = aioredis.Redis.from_url(stack.env["REDIS_URL"])
     began = time.monotonic()
-    try:
-        while time.monotonic() - began < timeout_s:
-            owned: set[int] = set()
-            async for key in client.scan_iter(match=worker_key_prefix(stack.settings.faust_app_id) + "*"):
-                raw = await client.get(key)
-                if raw:
-                    owned |= set(json.loads(raw)["partitions"])
-            if len(owned) == stack.settings.topic_partitions:
-                return time.monotonic() - began
-            await asyncio.sleep(0.1)
-    finally:
-        await client.aclose()
+    while time.monotonic() - began < timeout_s:
+        owned = {p for parts in (await announced_partitions(stack)).values() for p in parts}
+        if len(owned) == stack.settings.topic_partitions:
+            return time.monotonic() - began
+        await asyncio.sleep(0.1)
     raise TimeoutError("the worker did not get ready")
 
 
@@ -174,8 +166,7 @@ def main() -> None:
     parser.add_argument("--players", type=int, default=10_000)
     parser.add_argument("--restore-players", type=int, default=100_000)
     args = parser.parse_args()
-    with open("/proc/loadavg") as load:
-        print(f"machine load average: {load.read().split()[:3]}")
+    print_load_average()
     if args.operations:
         with running_stack() as stack:
             asyncio.run(memory(stack, args.operations, args.players))

@@ -35,6 +35,19 @@ class PspCredential:
     tenant_id: str
 
 
+# The moments of a batch commit a worker can be made to die at (FAULT_CRASH_POINT).
+BEFORE_COMMIT, AFTER_COMMIT = "before_commit", "after_commit"
+
+
+@dataclass(frozen=True)
+class CrashPoint:
+    """Where a worker kills itself, as kill -9 would: right before or right after the
+    wallet agent's Nth batch commit. Only the crash tests set one."""
+
+    moment: str  # BEFORE_COMMIT | AFTER_COMMIT
+    commit: int  # counted from 1 since the worker started
+
+
 @dataclass(frozen=True)
 class Setting:
     """Describes one environment variable: the README settings table is generated from these."""
@@ -99,6 +112,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("WORKER_COUNT", "1", "Faust workers `make run` starts (they split the partitions)."),
     Setting("WORKER_METRICS_PORT", "0", "Port of each worker's Prometheus endpoint (0: any free port; see /ready)."),
     Setting("LOG_LEVEL", "info", "Log level of every process."),
+    Setting("FAULT_CRASH_POINT", "", "Crash tests only: `before_commit:N` or `after_commit:N` makes a worker kill itself (SIGKILL) right before or right after the wallet agent's Nth batch commit. Empty: never."),
 )
 
 
@@ -131,6 +145,15 @@ def _positive_seconds(name: str, raw: str) -> float:
     if value <= 0:
         raise SettingsError(f"{name} must be positive, got {value}")
     return value
+
+
+def _crash_point(name: str, raw: str) -> CrashPoint | None:
+    if not raw.strip():
+        return None
+    moment, _, commit = raw.strip().partition(":")
+    if moment not in (BEFORE_COMMIT, AFTER_COMMIT) or not commit:
+        raise SettingsError(f"{name} must look like `{BEFORE_COMMIT}:N` or `{AFTER_COMMIT}:N`, got {raw!r}")
+    return CrashPoint(moment, _positive_int(name, commit))
 
 
 def _triples(name: str, raw: str) -> list[tuple[str, str, str]]:
@@ -200,6 +223,7 @@ class Settings:
     worker_count: int
     worker_metrics_port: int
     log_level: str
+    fault_crash_point: CrashPoint | None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -280,6 +304,7 @@ class Settings:
             worker_count=_positive_int("WORKER_COUNT", get("WORKER_COUNT")),
             worker_metrics_port=_non_negative_int("WORKER_METRICS_PORT", get("WORKER_METRICS_PORT")),
             log_level=get("LOG_LEVEL").lower(),
+            fault_crash_point=_crash_point("FAULT_CRASH_POINT", get("FAULT_CRASH_POINT")),
         )
         settings.validate()
         return settings

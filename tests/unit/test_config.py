@@ -37,11 +37,21 @@ def test_settings_are_frozen():
         {"API_KEYS": ""},
         {"API_KEYS": "a:s:t,a:s2:t"},
         {"LOG_LEVEL": "loud"},
+        {"FAULT_CRASH_POINT": "during_commit:1"},
+        {"FAULT_CRASH_POINT": "before_commit"},
+        {"FAULT_CRASH_POINT": "after_commit:0"},
     ],
 )
 def test_bad_values_are_refused(env):
     with pytest.raises(SettingsError):
         Settings.from_env(env)
+
+
+def test_a_crash_point_names_a_moment_and_a_commit():
+    from config.settings import CrashPoint
+
+    assert Settings.from_env({}).fault_crash_point is None
+    assert Settings.from_env({"FAULT_CRASH_POINT": "after_commit:3"}).fault_crash_point == CrashPoint("after_commit", 3)
 
 
 def test_readme_carries_the_generated_settings_table():
