@@ -37,9 +37,9 @@ class Message:
     timestamp_ms: int
 
     @classmethod
-    def of(cls, event: Any) -> "Message":
-        message = event.message
-        return cls(message.topic, message.partition, message.offset, event.key, event.value,
+    def of(cls, message: Any) -> "Message":
+        """From a message as the consumer fetched it (raw bytes key and value)."""
+        return cls(message.topic, message.partition, message.offset, message.key, message.value,
                    int(message.timestamp * 1000))
 
 

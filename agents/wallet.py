@@ -142,6 +142,32 @@ class OutputBuffer:
                 log.warning("dropped %d snapshots and %d replies: %r", len(snapshots), len(replies), exc)
 
 
+# How many players' decoded records a worker keeps beside their encoded ones: the hot
+# players of a busy worker, whose records are otherwise decoded again for every batch.
+DECODED_KEPT = 4_096
+
+
+class DecodedRecords:
+    """The decoded state of recently written records, each valid only while the table
+    holds the very bytes it was decoded from (a restore or a rebalance replaces them).
+    States are immutable, so one may serve any number of batches."""
+
+    def __init__(self, capacity: int = DECODED_KEPT) -> None:
+        self.capacity = capacity
+        self._entries: dict[bytes, tuple[bytes, WalletState]] = {}
+
+    def get(self, key: bytes, raw: bytes) -> WalletState | None:
+        entry = self._entries.get(key)
+        return entry[1] if entry is not None and entry[0] is raw else None
+
+    def put(self, key: bytes, raw: bytes, state: WalletState) -> None:
+        entries = self._entries
+        entries.pop(key, None)
+        entries[key] = (raw, state)
+        if len(entries) > self.capacity:
+            del entries[next(iter(entries))]
+
+
 @dataclass
 class WalletAgentDeps:
     table: RecordTable
@@ -161,6 +187,7 @@ class WalletAgentDeps:
     jp_commands_topic: str = "jp.commands"
     jp_credited_topic: str = "jp.payout.credited"
     jp_failed_topic: str = "jp.payout.failed"
+    decoded: DecodedRecords = field(default_factory=DecodedRecords)
 
 
 def encode_answer(record: OperationRecord) -> bytes:
@@ -173,10 +200,11 @@ def decode_answer(raw: bytes) -> OperationRecord:
     return OperationRecord(request, code, body, at_ms)
 
 
-def load_state(table: RecordTable, key: bytes, tenant_id: str) -> WalletState:
+def load_state(table: RecordTable, key: bytes, tenant_id: str, decoded: DecodedRecords | None = None) -> WalletState:
     raw = table.get(key)
     if raw is not None:
-        return decode_state(raw)
+        state = decoded.get(key, raw) if decoded is not None else None
+        return state if state is not None else decode_state(raw)
     player_id = key.decode().split("|", 1)[1]
     return WalletState.empty(tenant_id, player_id)
 
@@ -330,7 +358,7 @@ async def decide_batch(deps: WalletAgentDeps, items: Sequence[_Item], outputs: _
     states = decided.states
     for item in items:
         if item.key not in states:
-            state = load_state(deps.table, item.key, item.envelope.tenant_id)
+            state = load_state(deps.table, item.key, item.envelope.tenant_id, deps.decoded)
             states[item.key] = state
             decided.loaded_versions[item.key] = state.version
             decided.loaded_answers[item.key] = state.operations
@@ -464,6 +492,8 @@ async def run_batch(deps: WalletAgentDeps, messages: Sequence[Message]) -> None:
 
 async def publish(deps: WalletAgentDeps, decided: _Decided, commit: BatchCommit) -> None:
     write_records(deps.table, commit)
+    for write in commit.records:
+        deps.decoded.put(write.key, write.record, decided.states[write.key])
     for key in decided.changed:
         deps.scheduler.schedule(key, decided.states[key].next_deadline_ms())
     for key, state in decided.states.items():

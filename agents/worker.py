@@ -24,7 +24,7 @@ from agents.wallet import POOL_SNAPSHOT, ExpiryScheduler, OutputBuffer, Snapshot
 from app.domain.jackpot import core as jp
 from app.domain.wallet.core import Tick
 from app.messages import CommandEnvelope
-from app.streaming import BankrollApp, create_streams
+from app.streaming import BankrollApp, Inbox, create_streams
 from app.topics import (
     GAME_ROUND_RESULTS, GAME_ROUNDS, JP_COMMANDS, JP_CONTRIBUTION_RECORDED, JP_PAYOUT_CREDITED, JP_PAYOUT_FAILED,
     JP_PAYOUT_REQUESTED, WALLET_COMMANDS, topic_name,
@@ -121,14 +121,16 @@ async def restore(table: RecordTable, store: AgentStore, agent: str, partitions:
     return len(newer)
 
 
-async def run_batches(stream, settings: Settings, run_batch) -> None:  # type: ignore[no-untyped-def]
-    """Feed an agent's stream to its batch function: a batch is acknowledged once it is
+async def run_batches(app: BankrollApp, inbox: Inbox, settings: Settings, run_batch) -> None:  # type: ignore[no-untyped-def]
+    """Feed an agent's inbox to its batch function, a batch at a time: whatever has been
+    fetched, up to WORKER_BATCH_MAX messages. A batch is acknowledged once it is
     committed. A stop lets the batch in hand finish first. Anything else a batch raises is
     a bug (an unreachable PostgreSQL is waited for inside it), a broken invariant above
     all: it stops the worker, nothing of the batch having been stored, so its messages go
     to the next owner instead of being passed over unacknowledged."""
-    async for events in stream.noack_take(settings.worker_batch_max, within=settings.worker_batch_within_ms / 1000):
-        work = asyncio.ensure_future(run_batch([Message.of(e) for e in events]))
+    while True:
+        fetched = await inbox.take(settings.worker_batch_max)
+        work = asyncio.ensure_future(run_batch([Message.of(m) for m in fetched]))
         try:
             await asyncio.shield(work)
         except asyncio.CancelledError:
@@ -139,10 +141,11 @@ async def run_batches(stream, settings: Settings, run_batch) -> None:  # type: i
             raise
         except Exception as exc:
             log.critical("a batch failed; stopping the worker: %r", exc)
-            await stream.app.crash(exc)
+            await app.crash(exc)
             raise
-        for event in events:
-            await stream.ack(event)
+        ack = app.consumer.ack
+        for message in fetched:
+            ack(message)
 
 
 def build_worker(
@@ -173,17 +176,10 @@ def build_worker(
     names = {name: topic_name(settings, name) for name in (
         GAME_ROUNDS, GAME_ROUND_RESULTS, JP_COMMANDS, JP_CONTRIBUTION_RECORDED, JP_PAYOUT_REQUESTED,
         JP_PAYOUT_CREDITED, JP_PAYOUT_FAILED)}
-    topics = {names[GAME_ROUND_RESULTS]: streams.game_round_results, commands_topic: streams.wallet_commands,
-              names[GAME_ROUNDS]: streams.game_rounds, names[JP_COMMANDS]: streams.jp_commands,
-              names[JP_CONTRIBUTION_RECORDED]: streams.jp_contribution_recorded,
-              names[JP_PAYOUT_REQUESTED]: streams.jp_payout_requested,
-              names[JP_PAYOUT_CREDITED]: streams.jp_payout_credited,
-              names[JP_PAYOUT_FAILED]: streams.jp_payout_failed}
-
     async def send_to_topic(topic: str, key: bytes, value: bytes) -> None:
-        if topic not in topics:
-            topics[topic] = app.topic(topic, key_serializer="raw", value_serializer="raw")
-        await topics[topic].send(key=key, value=value)
+        # Straight to the producer: a Faust topic's send walks each message through a
+        # future, sensors and a debug log line, several times the cost of the send itself.
+        await app.producer.send(topic, key, value, partition=None, timestamp=None, headers=None)
 
     stores: dict[str, AgentStore] = {}
 
@@ -213,15 +209,21 @@ def build_worker(
             contribution_recorded_topic=names[JP_CONTRIBUTION_RECORDED],
         )
 
+    # The agents are subscribed to their topics, and so own their partitions, as any Faust
+    # agent; their messages reach them through inboxes rather than the streams.
+    pending_max = settings.worker_batch_max * 4
+    wallet_inbox = app.inbox(streams.wallet_inputs.topics, pending_max)
+    jackpot_inbox = app.inbox(streams.jackpot_inputs.topics, pending_max)
+
     @app.agent(streams.wallet_inputs, name="wallet")
     async def wallet_agent(stream):  # type: ignore[no-untyped-def]
         deps = await wallet_deps()
-        await run_batches(stream, settings, lambda messages: wallet_agent_module.run_batch(deps, messages))
+        await run_batches(app, wallet_inbox, settings, lambda messages: wallet_agent_module.run_batch(deps, messages))
 
     @app.agent(streams.jackpot_inputs, name="jackpot")
     async def jackpot(stream):  # type: ignore[no-untyped-def]
         deps = await jackpot_deps()
-        await run_batches(stream, settings, lambda messages: jackpot_agent.run_batch(deps, messages))
+        await run_batches(app, jackpot_inbox, settings, lambda messages: jackpot_agent.run_batch(deps, messages))
 
     # Postings an earlier version left on `ledger.postings` are still flushed; nothing
     # writes there now (the agents commit their postings with their batches).

@@ -1,5 +1,5 @@
-"""The wallet agent: through Faust's test_context() (real agent wiring and table), and batch
-by batch with an in-memory table and store, where crashes and refused commits are staged."""
+"""The wallet agent: as a Faust agent fed through its inbox as the consumer feeds it (real
+agent wiring and table), and batch by batch with an in-memory table and store, where crashes and refused commits are staged."""
 from __future__ import annotations
 
 import asyncio
@@ -7,6 +7,7 @@ import json
 import time
 
 import pytest
+from faust.types.tuples import Message as ConsumerMessage
 
 from agents.batch import DictRecordTable, Message
 from agents.wallet import (
@@ -15,6 +16,7 @@ from agents.wallet import (
 from agents.worker import WorkerResources, build_worker, restore
 from app.domain.wallet.core import Rules
 from app.messages import CommandEnvelope, decode_reply, request_hash, wallet_key
+from app.topics import WALLET_COMMANDS, topic_name
 from config import Settings
 from storage.memory.stores import MemoryAgentStore, MemoryPoolCache, MemoryWalletCache
 from storage.ports import BatchCommit
@@ -69,10 +71,15 @@ async def test_wallet_agent_decides_commits_and_answers_through_faust():
     agent = app.agents["wallet"]
     table = app.tables["wallets"]
 
-    async with agent.test_context() as agent_ctx:
-        for command in (CREATE, DEPOSIT, VERDICT, VERDICT):  # the PSP delivers the same event twice
-            await agent_ctx.put(envelope(*command), key=KEY)
+    topic = topic_name(settings, WALLET_COMMANDS)
+    async with agent.test_context():
+        # The PSP delivers the same event twice.
+        fetched = [ConsumerMessage(topic, 0, offset, time.time(), 0, [], KEY, envelope(*command), None)
+                   for offset, command in enumerate((CREATE, DEPOSIT, VERDICT, VERDICT))]
+        app.inboxes[topic].put(fetched)
         await _until(lambda: len(resources.replies) == 4)
+        # Acknowledged once committed, so the consumer may commit past them.
+        await _until(lambda: all(m.acked for m in fetched))
 
     state = decode_state(table[KEY])
     assert state.balance("CASH", "EUR") == 4_900 and state.version == 3
