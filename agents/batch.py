@@ -1,5 +1,5 @@
-"""What the batched agents share: the messages of a batch, the record table they write
-once per key per batch, and the durable commit.
+"""What the batched agents share: the messages of a batch, the partition of a key, the
+record table they write once per key per batch, and the durable commit.
 
 An agent takes what its stream has fetched (a batch over the partitions it owns), decides
 every message in order with the pure core, and then makes the batch durable in one
@@ -17,6 +17,8 @@ import signal
 import time
 from dataclasses import dataclass
 from typing import AbstractSet, Any, Awaitable, Callable, Iterable, MutableMapping, Protocol, Sequence, TypeVar
+
+from aiokafka.partitioner import DefaultPartitioner
 
 from app.domain.errors import InvariantViolation
 from config.settings import AFTER_COMMIT, BEFORE_COMMIT, CrashPoint
@@ -50,6 +52,21 @@ def positions_of(messages: Iterable[Message]) -> dict[tuple[str, int], int]:
         tp = (m.topic, m.partition)
         positions[tp] = max(positions.get(tp, 0), m.offset + 1)
     return positions
+
+
+def partition_of(key: bytes, partitions: int) -> int:
+    """The partition of a key on every Bankroll topic and table (Kafka's default murmur2)."""
+    return _PARTITIONER(key, list(range(partitions)), list(range(partitions)))
+
+
+def owns_key(key: bytes, partition: int, partitions: int) -> bool:
+    """Whether a message on this partition may be applied to the record of its key: the
+    partition the command topic (and so the table) would use for it. A producer with
+    another partitioner would otherwise give one player two owners."""
+    return partition_of(key, partitions) == partition
+
+
+_PARTITIONER = DefaultPartitioner()
 
 
 class RecordTable(Protocol):

@@ -9,7 +9,9 @@ batch has not answered itself is looked up there, once per batch for all of them
 Everything that leaves the agent (payout requests, `jp.contribution.recorded`, the pool
 snapshot and the reply) leaves after the batch is committed. A replay emits what the
 first run emitted, except postings and audit records (stored with the answer already)
-and payout requests for wins that are no longer waiting for the wallet."""
+and payout requests for wins that are no longer waiting for the wallet.
+
+`register` puts the agent, the restore of its table and its timer on a worker."""
 from __future__ import annotations
 
 import dataclasses
@@ -20,11 +22,13 @@ from dataclasses import dataclass, field
 from typing import AbstractSet, Any, Callable, Sequence
 
 from agents.batch import (
-    Message, RecordTable, Sender, applied_before, decide_and_commit, positions_of, read_durably, write_records,
+    FaustRecordTable, Message, RecordTable, Sender, applied_before, decide_and_commit, owns_key, partition_of,
+    positions_of, read_durably, write_records,
 )
-from agents.wallet import POOL_SNAPSHOT, ExpiryScheduler, OutputBuffer, owns_key, partition_of, poison as _poison
+from agents.runtime import POOL_SNAPSHOT, OutputBuffer, ScanPace, Worker, restore, run_batches
+from agents.wallet import ExpiryScheduler, poison as _poison
 from app.domain.jackpot.core import (
-    Command, Context, Contribute, CreatePool, Decision, JackpotResult, PayoutCredited, PayoutFailed, Rules,
+    Command, Context, Contribute, CreatePool, Decision, JackpotResult, PayoutCredited, PayoutFailed, Rules, Tick,
     already_applied, decide, evolve, next_timer_ms, operation_key, pool_view,
 )
 from app.domain.jackpot.rng import derive_server_seed, seed_commitment
@@ -33,6 +37,9 @@ from app.messages import (
     PRUNE_POOL_OPERATIONS, READ_POOL, TOPIC_REPLY_PREFIX, CommandEnvelope, encode_reply, json_bytes, wallet_key,
 )
 from app.metrics import AGENT_SECONDS, JP_CONTRIBUTIONS_REFUSED, JP_PAYOUT_SECONDS, JP_POOL_SIZE
+from app.topics import (
+    JP_COMMANDS, JP_CONTRIBUTION_RECORDED, JP_PAYOUT_CREDITED, JP_PAYOUT_FAILED, JP_PAYOUT_REQUESTED, topic_name,
+)
 from config import Settings
 from storage.ports import AgentStore, AnswerWrite, BatchCommit, RecordWrite
 from tables.pools import decode_operation, decode_state, encode_operation, encode_state
@@ -331,3 +338,65 @@ def pool_records(items: Sequence[tuple[bytes, Any]]) -> list[tuple[bytes, bytes]
     """The pool records among a table's entries (not the operation records an older
     version kept beside them)."""
     return [(key, raw) for key, raw in items if raw and is_pool_key(key)]
+
+
+def register(worker: Worker) -> None:
+    """The jackpot agent on this worker: its Faust agent fed through its inbox, the restore
+    of the `pools` table from PostgreSQL once its changelog is read, and its timer (held
+    back changelog writes, the scan that schedules pools and refreshes their snapshots, and
+    a Tick for each pool that falls due)."""
+    app, streams, settings = worker.app, worker.streams, worker.settings
+    commands_topic = topic_name(settings, JP_COMMANDS)
+    pools = FaustRecordTable(streams.pools, settings.changelog_interval_s * 1000)
+    rules = rules_from_settings(settings)
+    scheduler = ExpiryScheduler(pool_deadline(rules))
+    scans = ScanPace(settings.expiry_scan_interval_s * 1000)
+
+    async def jackpot_deps() -> JackpotAgentDeps:
+        return JackpotAgentDeps(
+            table=pools, store=await worker.agent_store(), send=worker.send_to_topic, outputs=worker.outputs,
+            seed_secret=settings.jackpot_seed_secret, retention_ms=worker.retention_ms, rules=rules,
+            scheduler=scheduler, partitions=settings.topic_partitions, commands_topic=commands_topic,
+            payout_requested_topic=topic_name(settings, JP_PAYOUT_REQUESTED),
+            payout_credited_topic=topic_name(settings, JP_PAYOUT_CREDITED),
+            payout_failed_topic=topic_name(settings, JP_PAYOUT_FAILED),
+            contribution_recorded_topic=topic_name(settings, JP_CONTRIBUTION_RECORDED),
+        )
+
+    inbox = worker.inbox(streams.jackpot_inputs)
+
+    @app.agent(streams.jackpot_inputs, name="jackpot")
+    async def jackpot(stream):  # type: ignore[no-untyped-def]
+        deps = await jackpot_deps()
+        await run_batches(app, inbox, settings, lambda messages: run_batch(deps, messages))
+
+    @streams.pools.on_recover
+    async def restore_pools() -> None:
+        partitions = worker.owned_partitions(commands_topic)
+        # Operation records an older version kept in this table live in PostgreSQL now.
+        for key, _ in pools.items():
+            if not is_pool_key(key):
+                streams.pools.data.pop(key, None)
+        worker.forget_others(pools, partitions)
+        restored = await restore(pools, await worker.agent_store(), AGENT, partitions,
+                                 lambda raw: decode_state(raw).version)
+        log.info("pool partitions %s ready: %d records restored from PostgreSQL", sorted(partitions), restored)
+
+    @app.timer(1.0)
+    async def pool_changelog_and_expiry() -> None:
+        owned = worker.owned_partitions(commands_topic)
+        pools.flush_changelog(owned)
+        now_ms = int(time.time() * 1000)
+        if worker.serving() and scans.due(owned, now_ms):
+            records = pool_records(worker.owned_records(pools.items(), owned))
+            scheduler.scan(records)
+            # Widgets read pool snapshots from Redis: refreshed here so a quiet pool stays listed.
+            deps = await jackpot_deps()
+            for _, raw in records:
+                publish_snapshot(deps, decode_state(raw))
+        for key in scheduler.due(now_ms):
+            tenant_id = key.decode().split("|", 1)[0]
+            # The tick id names the moment, so a redelivered tick is a replay, not a second tick.
+            tick = CommandEnvelope.wrap(Tick(tick_id=str(now_ms)), tenant_id=tenant_id, operation_key="",
+                                        request_hash="", now_ms=now_ms, reply_to="", request_id="")
+            await streams.jp_commands.send(key=key, value=tick.encode())

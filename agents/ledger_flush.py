@@ -1,5 +1,8 @@
 """Flushes postings from `ledger.postings` into the PostgreSQL ledger in batches.
 
+Postings an earlier version left on `ledger.postings` are still flushed; nothing writes
+there now (the agents commit their postings with their batches).
+
 A message is acknowledged only after its rows and the reader's positions are committed
 in one transaction. Until then the loop retries; it never lets an uncommitted batch be
 acked (Faust's take() acks in a finally block, so it is not used here)."""
@@ -10,6 +13,7 @@ import logging
 import time
 from typing import Any, Sequence
 
+from agents.runtime import Worker
 from app.messages import decode_ledger_batch
 from app.metrics import LEDGER_FLUSH_ROWS, LEDGER_FLUSH_SECONDS
 from storage.ports import LedgerStore
@@ -52,3 +56,14 @@ async def run_ledger_flush(stream: Any, store_factory: Any, max_rows: int, withi
         await flush_batch(store, events)
         for event in events:
             await stream.ack(event)
+
+
+def register(worker: Worker) -> None:
+    """The `ledger-flush` agent on this worker."""
+    settings = worker.settings
+
+    @worker.app.agent(worker.streams.ledger_postings, name="ledger-flush")
+    async def ledger_flush_agent(stream):  # type: ignore[no-untyped-def]
+        await run_ledger_flush(
+            stream, worker.resources.ledger_store, settings.ledger_flush_max_rows, settings.ledger_flush_within_ms / 1000
+        )

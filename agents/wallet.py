@@ -5,7 +5,9 @@ Each record keeps a short window of recent answers; a command whose operation ke
 in the window is looked up among the stored answers, once per batch for all of them, and
 so are the claims of the ids the batch's commands create or name. Everything that leaves
 the agent (changelog writes, cache snapshots, replies, messages to the jackpot agent)
-leaves after the batch is committed to PostgreSQL, so an answer a client holds is durable."""
+leaves after the batch is committed to PostgreSQL, so an answer a client holds is durable.
+
+`register` puts the agent, the restore of its table and its timer on a worker."""
 from __future__ import annotations
 
 import asyncio
@@ -15,18 +17,19 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from typing import AbstractSet, Any, Awaitable, Callable, Iterable, Sequence
+from typing import AbstractSet, Any, Callable, Iterable, Sequence
 
 import msgpack
-from aiokafka.partitioner import DefaultPartitioner
 
 from agents.batch import (
-    Message, RecordTable, Sender, applied_before, decide_and_commit, positions_of, read_durably, write_records,
+    FaustRecordTable, Message, RecordTable, Sender, applied_before, decide_and_commit, owns_key, partition_of,
+    positions_of, read_durably, with_crash_point, write_records,
 )
+from agents.runtime import OutputBuffer, ScanPace, Worker, restore, run_batches
 from app.api.validation import InvalidRequest
 from app.domain.jackpot.core import Contribute
 from app.domain.wallet.core import (
-    CLAIMING, RETRYABLE_JACKPOT_REFUSALS, Context, CreditJackpot, PlayRound, Rules, WalletResult, WalletState,
+    CLAIMING, RETRYABLE_JACKPOT_REFUSALS, Context, CreditJackpot, PlayRound, Rules, Tick, WalletResult, WalletState,
     already_applied, claim_of, decide, evolve, limits_view, wallet_view, withdrawal_view,
 )
 from app.domain.wallet.state import OperationRecord
@@ -36,9 +39,13 @@ from app.messages import (
 )
 from app.metrics import AGENT_SECONDS, POISON_MESSAGES, ROUNDS_REJECTED
 from app.rounds import parse_round
+from app.topics import (
+    GAME_ROUND_RESULTS, GAME_ROUNDS, JP_COMMANDS, JP_PAYOUT_CREDITED, JP_PAYOUT_FAILED, JP_PAYOUT_REQUESTED,
+    WALLET_COMMANDS, topic_name,
+)
 from config import Settings
 from storage.ports import AgentStore, AnswerWrite, BatchCommit, Claim, RecordWrite
-from tables.wallets import decode_state, encode_state
+from tables.wallets import decode_state, encode_state, record_version
 
 log = logging.getLogger("bankroll.wallet")
 
@@ -93,53 +100,6 @@ class ExpiryScheduler:
         for key, raw in records:
             if raw:
                 self.schedule(key, self._next_due(raw))
-
-
-WALLET_SNAPSHOT, POOL_SNAPSHOT = "wallet", "pool"
-Snapshot = tuple[str, str, str, int, str]  # kind, tenant, player or pool id, version, JSON
-
-
-class OutputBuffer:
-    """Cache snapshots and replies leave in batches: one Redis pipeline per flush instead
-    of two round trips per command. A flush starts as soon as there is output, so an idle
-    system answers at once; under load, what piles up during one flush goes in the next.
-    Only the newest snapshot of a player is written."""
-
-    def __init__(self, flush: Callable[[list[Snapshot], list[tuple[str, bytes]]], Awaitable[None]]) -> None:
-        self._flush = flush
-        self._snapshots: dict[tuple[str, str, str], Snapshot] = {}
-        self._replies: list[tuple[str, bytes]] = []
-        self._dirty = asyncio.Event()
-        self._task: asyncio.Task | None = None
-
-    def snapshot(self, tenant_id: str, subject_id: str, version: int, snapshot_json: str,
-                 kind: str = WALLET_SNAPSHOT) -> None:
-        self._snapshots[(kind, tenant_id, subject_id)] = (kind, tenant_id, subject_id, version, snapshot_json)
-        self._wake()
-
-    def reply(self, channel: str, payload: bytes) -> None:
-        self._replies.append((channel, payload))
-        self._wake()
-
-    def _wake(self) -> None:
-        self._dirty.set()
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run(), name="output-flush")
-
-    async def _run(self) -> None:
-        while True:
-            await self._dirty.wait()
-            self._dirty.clear()
-            snapshots, replies = list(self._snapshots.values()), self._replies
-            self._snapshots, self._replies = {}, []
-            try:
-                await self._flush(snapshots, replies)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                # The cache refills on the next write and a lost reply makes the caller
-                # retry with its idempotency key; neither is worth stopping the agent for.
-                log.warning("dropped %d snapshots and %d replies: %r", len(snapshots), len(replies), exc)
 
 
 # How many players' decoded records a worker keeps beside their encoded ones: the hot
@@ -230,21 +190,6 @@ def poison(key: Any, exc: Exception) -> None:
     log.error("skipping an undecodable wallet message (key %r): %r", key, exc)
 
 
-def partition_of(key: bytes, partitions: int) -> int:
-    """The partition of a key on every Bankroll topic and table (Kafka's default murmur2)."""
-    return _PARTITIONER(key, list(range(partitions)), list(range(partitions)))
-
-
-def owns_key(key: bytes, partition: int, partitions: int) -> bool:
-    """Whether a message on this partition may be applied to the record of its key: the
-    partition the command topic (and so the table) would use for it. A producer with
-    another partitioner would otherwise give one player two owners."""
-    return partition_of(key, partitions) == partition
-
-
-_PARTITIONER = DefaultPartitioner()
-
-
 def payout_envelope(message: dict) -> CommandEnvelope:
     """The wallet command for a `jp.payout.requested` event. Its request hash covers what
     the credit is (not the attempt or the time it was asked), so every attempt of one win
@@ -269,6 +214,8 @@ class _Item:
     envelope: CommandEnvelope
     command: Any = None  # None for reads
     payout: dict | None = None
+    # Messages passed on that arrived before this one (see parse), sent in their place.
+    forwards_before: list[tuple[str, bytes, bytes]] = field(default_factory=list)
 
 
 @dataclass
@@ -277,13 +224,23 @@ class _Outputs:
 
     sends: list[tuple[str, bytes, bytes]] = field(default_factory=list)
     replies: list[tuple[str, bytes]] = field(default_factory=list)
+    # Messages passed on that arrived after the batch's last decided message.
+    forwards_after: list[tuple[str, bytes, bytes]] = field(default_factory=list)
 
 
 def parse(deps: WalletAgentDeps, messages: Sequence[Message], outputs: _Outputs) -> list[_Item]:
     """The batch's messages as items to decide. Messages that only need passing on (a
     round or payout request keyed or partitioned otherwise by its producer, a round that
-    fails validation) become sends of `outputs`; undecodable ones are skipped."""
+    fails validation) are sent in their place among the batch's sends, so what a producer
+    sent on one key is answered in order; undecodable ones are skipped."""
     items: list[_Item] = []
+    forwards: list[tuple[str, bytes, bytes]] = []
+
+    def add(item: _Item) -> None:
+        nonlocal forwards
+        item.forwards_before, forwards = forwards, []
+        items.append(item)
+
     for m in messages:
         if m.topic == deps.rounds_topic:
             try:
@@ -292,15 +249,15 @@ def parse(deps: WalletAgentDeps, messages: Sequence[Message], outputs: _Outputs)
                 ROUNDS_REJECTED.inc()
                 result = {"request_id": "", "code": "invalid_request", "body": {"error": {
                     "code": "invalid_request", "message": str(exc)}}}
-                outputs.sends.append((deps.results_topic, m.key, json.dumps(result).encode()))
+                forwards.append((deps.results_topic, m.key, json.dumps(result).encode()))
                 continue
             if m.key == key and owns_key(key, m.partition, deps.partitions):
-                items.append(_Item(key, envelope, envelope.command()))
+                add(_Item(key, envelope, envelope.command()))
             else:
                 # Keyed or partitioned otherwise by its producer: re-keyed onto the command
                 # topic, so the actor that owns the player applies it in order with its
                 # other commands.
-                outputs.sends.append((deps.commands_topic, key, envelope.encode()))
+                forwards.append((deps.commands_topic, key, envelope.encode()))
             continue
         if not (isinstance(m.key, bytes) and b"|" in m.key):
             # Every Bankroll key is tenant|id; anything else no Bankroll process wrote.
@@ -309,7 +266,7 @@ def parse(deps: WalletAgentDeps, messages: Sequence[Message], outputs: _Outputs)
         if not owns_key(m.key, m.partition, deps.partitions):
             # Partitioned otherwise by its producer: sent again with the default
             # partitioner, so the actor that owns the key applies it.
-            outputs.sends.append((m.topic, m.key, m.value))
+            forwards.append((m.topic, m.key, m.value))
             continue
         if m.topic == deps.payout_requested_topic:
             try:
@@ -321,7 +278,7 @@ def parse(deps: WalletAgentDeps, messages: Sequence[Message], outputs: _Outputs)
             except Exception as exc:
                 poison(m.key, exc)
                 continue
-            items.append(_Item(m.key, envelope, envelope.command(), payout=message))
+            add(_Item(m.key, envelope, envelope.command(), payout=message))
             continue
         try:
             envelope = CommandEnvelope.decode(m.value)
@@ -329,7 +286,8 @@ def parse(deps: WalletAgentDeps, messages: Sequence[Message], outputs: _Outputs)
         except Exception as exc:
             poison(m.key, exc)
             continue
-        items.append(_Item(m.key, envelope, command))
+        add(_Item(m.key, envelope, command))
+    outputs.forwards_after = forwards
     return items
 
 
@@ -376,8 +334,10 @@ async def decide_batch(deps: WalletAgentDeps, items: Sequence[_Item], outputs: _
     claimed = set(known)
     for item in items:
         started = time.perf_counter()
+        decided.outputs.sends.extend(item.forwards_before)
         _decide_one(deps, decided, item, stored_answers, claimed, in_ledger)
         AGENT_SECONDS.labels(item.envelope.kind).observe(time.perf_counter() - started)
+    decided.outputs.sends.extend(outputs.forwards_after)
     return decided
 
 
@@ -503,3 +463,56 @@ async def publish(deps: WalletAgentDeps, decided: _Decided, commit: BatchCommit)
         deps.outputs.reply(channel, payload)
     for topic, key, value in decided.outputs.sends:
         await deps.send_to_topic(topic, key, value)
+
+
+def register(worker: Worker) -> None:
+    """The wallet agent on this worker: its Faust agent fed through its inbox, the restore
+    of the `wallets` table from PostgreSQL once its changelog is read, and its timer (held
+    back changelog writes, the expiry scan and a Tick for each record that falls due)."""
+    app, streams, settings = worker.app, worker.streams, worker.settings
+    commands_topic = topic_name(settings, WALLET_COMMANDS)
+    wallets = FaustRecordTable(streams.wallets, settings.changelog_interval_s * 1000)
+    scheduler = ExpiryScheduler()
+    scans = ScanPace(settings.expiry_scan_interval_s * 1000)
+
+    async def wallet_deps() -> WalletAgentDeps:
+        return WalletAgentDeps(
+            table=wallets, store=with_crash_point(await worker.agent_store(), settings.fault_crash_point),
+            outputs=worker.outputs, send_to_topic=worker.send_to_topic,
+            retention_ms=worker.retention_ms, rules=rules_from_settings(settings), scheduler=scheduler,
+            partitions=settings.topic_partitions, commands_topic=commands_topic,
+            rounds_topic=topic_name(settings, GAME_ROUNDS), results_topic=topic_name(settings, GAME_ROUND_RESULTS),
+            payout_requested_topic=topic_name(settings, JP_PAYOUT_REQUESTED),
+            jp_commands_topic=topic_name(settings, JP_COMMANDS),
+            jp_credited_topic=topic_name(settings, JP_PAYOUT_CREDITED),
+            jp_failed_topic=topic_name(settings, JP_PAYOUT_FAILED),
+        )
+
+    inbox = worker.inbox(streams.wallet_inputs)
+
+    @app.agent(streams.wallet_inputs, name="wallet")
+    async def wallet_agent(stream):  # type: ignore[no-untyped-def]
+        deps = await wallet_deps()
+        await run_batches(app, inbox, settings, lambda messages: run_batch(deps, messages))
+
+    @streams.wallets.on_recover
+    async def restore_wallets() -> None:
+        partitions = worker.owned_partitions(commands_topic)
+        worker.forget_others(wallets, partitions)
+        started = time.monotonic()
+        restored = await restore(wallets, await worker.agent_store(), AGENT, partitions, record_version)
+        log.info("wallet partitions %s ready: %d records restored from PostgreSQL in %.2f s", sorted(partitions),
+                 restored, time.monotonic() - started)
+
+    @app.timer(1.0)
+    async def wallet_changelog_and_expiry() -> None:
+        owned = worker.owned_partitions(commands_topic)
+        wallets.flush_changelog(owned)
+        now_ms = int(time.time() * 1000)
+        if worker.serving() and scans.due(owned, now_ms):
+            scheduler.scan(worker.owned_records(wallets.items(), owned))
+        for key in scheduler.due(now_ms):
+            tenant_id = key.decode().split("|", 1)[0]
+            tick = CommandEnvelope.wrap(Tick(), tenant_id=tenant_id, operation_key="", request_hash="",
+                                        now_ms=now_ms, reply_to="", request_id="")
+            await streams.wallet_commands.send(key=key, value=tick.encode())

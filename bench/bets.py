@@ -5,13 +5,13 @@ players. Requests start on a fixed schedule whatever the answers do, so a slow s
 shows as latency rather than as a lower request rate.
 
 Without --rate the plain PostgreSQL wallet (bench/baseline_sql.py) is measured first on
-the same PostgreSQL, and bets start at one third of its rounds per second (a bet is a
-round: two requests). Prints p50/p95/p99 of place and settle with the p99 target
+the same PostgreSQL, and requests start at one third of its rounds per second (a bet is
+two requests, place and settle). Prints p50/p95/p99 of place and settle with the p99 target
 (--p99-target-ms, 50) and PASS/MISS, the achieved request rate, the CPU milliseconds per
 bet of every process, and the time from each settle's answer to its ledger row's
 `recorded_at` (negative: the row was committed before the answer left).
 
-    python -m bench.bets                  # baseline first, rate = baseline / 3
+    python -m bench.bets                  # baseline first, requests/s = baseline / 3
     python -m bench.bets --rate 500 --seconds 20
 """
 from __future__ import annotations
@@ -33,8 +33,10 @@ async def run(stack, rate: float | None, seconds: float, players: int, p99_targe
               baseline_rounds: int, baseline_players: int) -> None:
     if rate is None:
         baseline = await measure_baseline(stack, baseline_rounds, baseline_players)
-        rate = baseline / 3
-        print(f"bet rate: baseline / 3 = {rate:.0f} bets/s", flush=True)
+        # The target is set in requests: one third of the baseline's rounds/s, and a bet is
+        # two requests (place, settle).
+        rate = baseline / 3 / 2
+        print(f"request rate: baseline / 3 = {2 * rate:.0f} requests/s ({rate:.0f} bets/s)", flush=True)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         client = BankrollClient(stack.base_url, session=session)
         tag = str(int(time.time()))
@@ -67,7 +69,8 @@ def main() -> None:
     print_load_average()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rate", type=float, default=None,
-                        help="bets per second (each is two requests); default: the baseline's rounds/s / 3")
+                        help="bets per second (each is two requests); default: half of the baseline's rounds/s / 3, "
+                             "so that requests/s = baseline / 3")
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--players", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=1)

@@ -89,7 +89,6 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("CLOSED_ITEMS_KEPT", "8", "Closed holds, deposits, withdrawals and bonuses a record keeps per kind (the newest)."),
     Setting("CHANGELOG_INTERVAL_S", "10", "A record is sent to its table's changelog at most this often (0: after every batch); PostgreSQL has every version at once."),
     Setting("WORKER_BATCH_MAX", "1000", "Most messages an agent decides and commits as one batch."),
-    Setting("WORKER_BATCH_WITHIN_MS", "5", "Longest an agent waits for a batch to fill before it decides what it has."),
     Setting("BET_HOLD_TTL_S", "120", "How long a bet's hold lives unsettled before it expires and is released."),
     Setting("WITHDRAWAL_HOLD_TTL_S", "86400", "How long a withdrawal's hold waits for the PSP before it is released."),
     Setting("LIMIT_INCREASE_DELAY_S", "86400", "Cooling period before a raised or removed responsible-gaming limit applies."),
@@ -200,7 +199,6 @@ class Settings:
     closed_items_kept: int
     changelog_interval_s: int
     worker_batch_max: int
-    worker_batch_within_ms: int
     bet_hold_ttl_s: int
     withdrawal_hold_ttl_s: int
     limit_increase_delay_s: int
@@ -278,7 +276,6 @@ class Settings:
             closed_items_kept=_positive_int("CLOSED_ITEMS_KEPT", get("CLOSED_ITEMS_KEPT")),
             changelog_interval_s=_non_negative_int("CHANGELOG_INTERVAL_S", get("CHANGELOG_INTERVAL_S")),
             worker_batch_max=_positive_int("WORKER_BATCH_MAX", get("WORKER_BATCH_MAX")),
-            worker_batch_within_ms=_positive_int("WORKER_BATCH_WITHIN_MS", get("WORKER_BATCH_WITHIN_MS")),
             bet_hold_ttl_s=_positive_int("BET_HOLD_TTL_S", get("BET_HOLD_TTL_S")),
             withdrawal_hold_ttl_s=_positive_int("WITHDRAWAL_HOLD_TTL_S", get("WITHDRAWAL_HOLD_TTL_S")),
             limit_increase_delay_s=_non_negative_int("LIMIT_INCREASE_DELAY_S", get("LIMIT_INCREASE_DELAY_S")),

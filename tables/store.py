@@ -6,7 +6,7 @@ some 20 s. This store reads its newly assigned changelog partitions itself when 
 rebalance assigns them, with one plain consumer, in fetched batches (the whole
 partition to its true end), and then tells Faust its changelog is read up to there
 (`persisted_offset`), so Faust reads only what was written after. What the changelog
-lacks or has older is restored from PostgreSQL afterwards (agents/worker.py)."""
+lacks or has older is restored from PostgreSQL afterwards (`restore` in agents/runtime.py)."""
 from __future__ import annotations
 
 import time

@@ -12,41 +12,11 @@ import asyncpg
 
 from storage.history import ms_to_datetime
 from storage.ports import BatchCommit, Claim, ClaimTaken, PostingsConflict, StaleRecords
-from storage.postgres.stores import _INSERT_AUDIT, _INSERT_ENTRIES, _UPSERT_POSITIONS
 
-# A record is written over the version its batch decided on, or inserted when the batch
-# found none: a row whose version moved on since (another worker owned the key in
-# between) is neither updated nor counted, and the batch is refused as a whole.
-_WRITE_RECORDS = """
-INSERT INTO agent_records AS r (agent, key, tenant_id, partition, version, prior_version, record)
-SELECT $1, * FROM unnest($2::bytea[], $3::text[], $4::int4[], $5::int8[], $6::int8[], $7::bytea[])
-ON CONFLICT (agent, key) DO UPDATE
-SET version = EXCLUDED.version, prior_version = EXCLUDED.prior_version, record = EXCLUDED.record,
-    partition = EXCLUDED.partition, updated_at = now()
-WHERE r.version = EXCLUDED.prior_version
-RETURNING r.key
-"""
-
-_INSERT_ANSWERS = """
-INSERT INTO operation_answers (agent, key, operation_key, tenant_id, answer, answered_at)
-SELECT $1, * FROM unnest($2::bytea[], $3::text[], $4::text[], $5::bytea[], $6::timestamptz[])
-ON CONFLICT (agent, key, operation_key) DO NOTHING
-"""
-
-_INSERT_CLAIMS = """
-INSERT INTO deposit_routes (tenant_id, deposit_id, player_id)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[])
-ON CONFLICT (tenant_id, deposit_id) DO NOTHING
-"""
-
-# A new statement, so it sees claims other transactions committed while the insert
-# waited for them.
-_FOREIGN_CLAIMS = """
-SELECT r.tenant_id, r.deposit_id, r.player_id
-FROM deposit_routes r JOIN unnest($1::text[], $2::text[], $3::text[]) AS n(tenant_id, route, player_id)
-    ON r.tenant_id = n.tenant_id AND r.deposit_id = n.route
-WHERE r.player_id <> n.player_id
-"""
+# The whole batch in one call (migration 0007): records, postings, audit, answers, claims
+# and stream positions, refusals raised by SQLSTATE.
+_COMMIT_BATCH = "SELECT bankroll_commit_batch(" + ", ".join(f"${i}" for i in range(1, 38)) + ")"
+STALE_RECORDS, POSTINGS_STORED, CLAIM_TAKEN = "BR001", "BR002", "BR003"
 
 
 class _PostingsStoredAlready(Exception):
@@ -65,43 +35,33 @@ class PostgresAgentStore:
             raise PostingsConflict(await self._stored_operations(batch)) from None
 
     async def _commit(self, batch: BatchCommit) -> None:
-        async with self._pool.acquire() as conn, conn.transaction():
-            # The records first: a batch committed once already (its acknowledgement lost)
-            # is refused as stale here, before its postings could look like a conflict.
-            if batch.records:
-                written = await conn.fetch(_WRITE_RECORDS, batch.agent, *_columns(
-                    # In key order, as the claims below: two batches locking rows in one order
-                    # cannot deadlock.
-                    [(r.key, r.tenant_id, r.partition, r.version, r.prior_version, r.record)
-                     for r in sorted(batch.records, key=lambda r: r.key)],
-                    width=6))
-                if len(written) != len(batch.records):
-                    done = {row["key"] for row in written}
-                    raise StaleRecords(batch.agent, [r.key for r in batch.records if r.key not in done])
-            if batch.postings:
-                status = await conn.execute(_INSERT_ENTRIES, *_columns([
-                    (p.tenant_id, p.operation_id, p.leg, p.debit_account, p.credit_account, p.amount_minor,
-                     p.currency, p.category, p.reason, p.player_id, ms_to_datetime(p.created_at_ms))
-                    for p in batch.postings], width=11))
-                if int(status.rsplit(" ", 1)[-1]) != len(batch.postings):
-                    raise _PostingsStoredAlready()
-            if batch.audit:
-                await conn.execute(_INSERT_AUDIT, *_columns([
-                    (a.tenant_id, a.audit_id, a.player_id, a.kind, a.code, json.dumps(a.detail),
-                     ms_to_datetime(a.created_at_ms)) for a in batch.audit], width=7))
-            if batch.answers:
-                await conn.execute(_INSERT_ANSWERS, batch.agent, *_columns(
-                    [(a.key, a.operation_key, a.tenant_id, a.answer, ms_to_datetime(a.answered_at_ms))
-                     for a in batch.answers], width=5))
-            if batch.claims:
-                columns = _columns(sorted((c.tenant_id, c.route, c.player_id) for c in batch.claims), width=3)
-                await conn.execute(_INSERT_CLAIMS, *columns)
-                foreign = await conn.fetch(_FOREIGN_CLAIMS, *columns)
-                if foreign:
-                    raise ClaimTaken([Claim(r["tenant_id"], r["deposit_id"], r["player_id"]) for r in foreign])
-            if batch.positions:
-                topics, partitions, offsets = zip(*((t, p, o) for (t, p), o in batch.positions.items()))
-                await conn.execute(_UPSERT_POSITIONS, batch.consumer, list(topics), list(partitions), list(offsets))
+        # Records and claims in key order: two batches locking rows in one order cannot
+        # deadlock. The records go first: a batch committed once already (its
+        # acknowledgement lost) is refused as stale before its postings could look like a
+        # conflict.
+        records = _columns([(r.key, r.tenant_id, r.partition, r.version, r.prior_version, r.record)
+                            for r in sorted(batch.records, key=lambda r: r.key)], width=6)
+        postings = _columns([
+            (p.tenant_id, p.operation_id, p.leg, p.debit_account, p.credit_account, p.amount_minor, p.currency,
+             p.category, p.reason, p.player_id, ms_to_datetime(p.created_at_ms)) for p in batch.postings], width=11)
+        audit = _columns([(a.tenant_id, a.audit_id, a.player_id, a.kind, a.code, json.dumps(a.detail),
+                           ms_to_datetime(a.created_at_ms)) for a in batch.audit], width=7)
+        answers = _columns([(a.key, a.operation_key, a.tenant_id, a.answer, ms_to_datetime(a.answered_at_ms))
+                            for a in batch.answers], width=5)
+        claims = _columns(sorted((c.tenant_id, c.route, c.player_id) for c in batch.claims), width=3)
+        positions = _columns([(t, p, o) for (t, p), o in batch.positions.items()], width=3)
+        try:
+            await self._pool.execute(_COMMIT_BATCH, batch.agent, *records, *postings, *audit, *answers, *claims,
+                                     batch.consumer, *positions)
+        except asyncpg.PostgresError as exc:
+            state = getattr(exc, "sqlstate", None)
+            if state == STALE_RECORDS:
+                raise StaleRecords(batch.agent, [bytes.fromhex(k) for k in (exc.detail or "").split(",") if k]) from None
+            if state == POSTINGS_STORED:
+                raise _PostingsStoredAlready() from None
+            if state == CLAIM_TAKEN:
+                raise ClaimTaken([Claim(*taken) for taken in json.loads(exc.detail)]) from None
+            raise
 
     async def _stored_operations(self, batch: BatchCommit) -> list[tuple[str, str]]:
         """The batch's (tenant, operation id) pairs that are in the ledger."""

@@ -20,8 +20,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from agents import jackpot as jackpot_agent
 from agents import wallet as wallet_agent
-from agents.batch import DictRecordTable, Message
-from agents.wallet import ExpiryScheduler, WalletAgentDeps, partition_of
+from agents.batch import DictRecordTable, Message, partition_of
+from agents.wallet import ExpiryScheduler, WalletAgentDeps
 from app.domain.jackpot import core as jp
 from app.domain.wallet.core import Rules
 from app.messages import (

@@ -11,7 +11,8 @@ import pytest
 
 from agents.batch import DictRecordTable, Message
 from agents.jackpot import AGENT, JackpotAgentDeps, load_pool, rules_from_settings, run_batch
-from agents.wallet import ExpiryScheduler, OutputBuffer, WalletAgentDeps
+from agents.runtime import OutputBuffer
+from agents.wallet import ExpiryScheduler, WalletAgentDeps
 from agents.wallet import run_batch as run_wallet_batch
 from app.domain.jackpot import core as jp
 from app.domain.wallet import core as w

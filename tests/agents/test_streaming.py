@@ -27,7 +27,7 @@ def test_topics_and_table_follow_the_settings():
 def test_a_round_is_owned_by_the_partition_the_command_topic_would_use():
     from aiokafka.partitioner import DefaultPartitioner
 
-    from agents.wallet import owns_key
+    from agents.batch import owns_key
     from app.messages import wallet_key
 
     key = wallet_key("dev", "p42")

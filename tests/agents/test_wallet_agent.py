@@ -9,11 +9,10 @@ import time
 import pytest
 from faust.types.tuples import Message as ConsumerMessage
 
-from agents.batch import DictRecordTable, Message
-from agents.wallet import (
-    AGENT, ExpiryScheduler, OutputBuffer, WalletAgentDeps, decode_answer, load_state, partition_of, run_batch,
-)
-from agents.worker import WorkerResources, build_worker, restore
+from agents.batch import DictRecordTable, Message, partition_of
+from agents.runtime import OutputBuffer, WorkerResources, restore
+from agents.wallet import AGENT, ExpiryScheduler, WalletAgentDeps, decode_answer, load_state, run_batch
+from agents.worker import build_worker
 from app.domain.wallet.core import Rules
 from app.messages import CommandEnvelope, decode_reply, request_hash, wallet_key
 from app.topics import WALLET_COMMANDS, topic_name

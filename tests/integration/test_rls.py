@@ -144,3 +144,24 @@ async def test_the_system_role_still_sees_every_tenant(tenants):
             counts = dict(await conn.fetch(
                 f"SELECT tenant_id, count(*) FROM {table} WHERE tenant_id = ANY($1) GROUP BY tenant_id", [a, b]))
             assert counts == {a: expected[a][table], b: expected[b][table]}, table
+
+
+async def test_a_tenant_id_is_a_literal_in_the_transaction_that_names_it(tenants):
+    """The tenant reaches PostgreSQL quoted inside the statement that opens the
+    transaction: a quote in it names that tenant, and cannot end the literal; a body that
+    raises leaves the pooled connection outside any transaction and back in its own role."""
+    pool, a, _, _ = tenants
+    quoted = f"o'brien{uuid.uuid4().hex}"
+    async with tenant_transaction(pool, quoted) as conn:
+        assert await conn.fetchval("SELECT current_setting('bankroll.tenant_id')") == quoted
+        assert await conn.fetchval("SELECT count(*) FROM ledger_entries") == 0
+    with pytest.raises(ValueError):
+        async with tenant_transaction(pool, "a\\b"):
+            pass
+    with pytest.raises(RuntimeError):
+        async with tenant_transaction(pool, a) as conn:
+            await conn.fetchval("SELECT 1")
+            raise RuntimeError("the body fails")
+    async with pool.acquire() as conn:
+        assert not conn.is_in_transaction()
+        assert await conn.fetchval("SELECT current_user") == await conn.fetchval("SELECT session_user")

@@ -14,7 +14,11 @@ from app.domain.jackpot.chain import append as chain_append
 from app.domain.jackpot.core import chain_audit_record
 from app.domain.ledger import Posting, check_deltas_balance
 from storage.history import encode_cursor
-from storage.memory.stores import MemoryDepositRoutes, MemoryLedgerStore, MemoryPoolCache, MemorySignatureGuard, MemoryWalletCache
+from storage.memory.stores import (
+    MemoryAgentStore, MemoryDepositRoutes, MemoryLedgerStore, MemoryPoolCache, MemorySignatureGuard, MemoryWalletCache,
+)
+from storage.ports import AnswerWrite, BatchCommit, Claim, ClaimTaken, PostingsConflict, RecordWrite, StaleRecords
+from storage.postgres.agent_state import PostgresAgentStore
 from storage.postgres.migrate import migrate
 from storage.postgres.stores import PostgresDepositRoutes, PostgresLedgerStore
 from storage.redis.stores import RedisPoolCache, RedisSignatureGuard, RedisWalletCache
@@ -308,3 +312,80 @@ async def test_ledger_totals_cover_every_tenant(pg_adapters):
         (b, "player:p1:CASH:EUR"): (65, 75),
         (b, "system:PSP_FEES:sandbox:EUR"): (5, 5),
     }
+
+
+# ---------------------------------------------------------------- the agents' batch commit
+
+@pytest.fixture(params=["memory", "postgres"])
+async def agent_stores(request, stack):
+    """(agent store, ledger store reading what it committed)."""
+    if request.param == "memory":
+        store = MemoryAgentStore()
+        yield store, store.ledger
+        return
+    dsn = stack.env["DATABASE_URL"]
+    await migrate(dsn)
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
+    yield PostgresAgentStore(pool), PostgresLedgerStore(pool)
+    await pool.close()
+
+
+def a_batch(tenant: str, consumer: str, op: str, *, key: bytes, prior: int, version: int, claim: str,
+            player: str = "p1", offset: int = 10) -> BatchCommit:
+    return BatchCommit(
+        agent="contract", consumer=consumer, postings=legs(tenant, op),
+        audit=[record(tenant, f"{op}:audit", 1_700_000_000_000)],
+        records=[RecordWrite(key, tenant, 0, prior, version, f"{op}@{version}".encode())],
+        answers=[AnswerWrite(key, op, tenant, f"answer of {op}".encode(), 1_700_000_000_000)],
+        claims=[Claim(tenant, claim, player)], positions={("contract.topic", 0): offset},
+    )
+
+
+async def stored(store, ledger, tenant: str, consumer: str, key: bytes, op: str, claim: str) -> tuple:
+    return (await store.records_of("contract", [key]), await store.answers("contract", [(key, op)]),
+            await store.claims([(tenant, claim)]), len(await ledger.entries(tenant, op)),
+            await ledger.positions(consumer))
+
+
+async def test_a_batch_is_stored_whole_and_each_refusal_stores_nothing(agent_stores):
+    store, ledger = agent_stores
+    tenant, consumer = f"t-{uuid.uuid4().hex[:8]}", f"c-{uuid.uuid4().hex[:8]}"
+    key = f"{tenant}|p1".encode()
+    await store.commit(a_batch(tenant, consumer, "op1", key=key, prior=0, version=1, claim="bet:b1"))
+    assert await stored(store, ledger, tenant, consumer, key, "op1", "bet:b1") == (
+        {key: (1, b"op1@1")}, {(key, "op1"): b"answer of op1"}, {(tenant, "bet:b1"): "p1"}, 2,
+        {("contract.topic", 0): 10})
+
+    # The same batch again (its acknowledgement lost): the record moved on, so it is stale,
+    # which is found before its postings could look like a conflict.
+    with pytest.raises(StaleRecords) as stale:
+        await store.commit(a_batch(tenant, consumer, "op1", key=key, prior=0, version=1, claim="bet:b1"))
+    assert stale.value.keys == [key]
+
+    # A new operation whose posting the ledger holds already (op1's legs under op2's
+    # record): refused with the operation's id, and none of op2 is stored.
+    clash = a_batch(tenant, consumer, "op2", key=key, prior=1, version=2, claim="bet:b2", offset=20)
+    clash.postings = legs(tenant, "op1")
+    with pytest.raises(PostingsConflict) as conflict:
+        await store.commit(clash)
+    assert conflict.value.operations == {(tenant, "op1")}
+
+    # An id another player holds: refused with the holder, and none of it is stored.
+    other = f"{tenant}|p2".encode()
+    with pytest.raises(ClaimTaken) as taken:
+        await store.commit(a_batch(tenant, consumer, "op3", key=other, prior=0, version=1, claim="bet:b1",
+                                   player="p2", offset=30))
+    assert taken.value.claims == [Claim(tenant, "bet:b1", "p1")]
+
+    for refused_key, op, claim in ((key, "op2", "bet:b2"), (other, "op3", "bet:b1")):
+        records, answers, claims, entries, positions = await stored(store, ledger, tenant, consumer, refused_key,
+                                                                    op, claim)
+        assert answers == {} and positions == {("contract.topic", 0): 10}
+        assert records == ({key: (1, b"op1@1")} if refused_key == key else {})
+        assert entries == 0
+    assert await store.claims([(tenant, "bet:b2")]) == {}
+
+    # The refused batch, decided again over the stored version, goes through.
+    await store.commit(a_batch(tenant, consumer, "op2", key=key, prior=1, version=2, claim="bet:b2", offset=20))
+    assert (await store.records_of("contract", [key]))[key] == (2, b"op2@2")
+    assert await ledger.positions(consumer) == {("contract.topic", 0): 20}
