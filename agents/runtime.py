@@ -252,8 +252,9 @@ async def run_batches(app: BankrollApp, inbox: Inbox, settings: Settings, run_ba
         except asyncio.CancelledError:
             try:
                 await asyncio.wait_for(work, STOP_GRACE_S)
-            except Exception:
-                pass
+            except Exception as exc:
+                # Nothing of an unfinished batch leaves the worker; the next owner gets it.
+                log.warning("the batch in hand did not finish while stopping: %r", exc)
             raise
         except Exception as exc:
             log.critical("a batch failed; stopping the worker: %r", exc)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, List, Mapping, Sequence
+from typing import Any, Callable, List, Mapping, Sequence
 
 import aiokafka
 import faust
@@ -104,11 +104,15 @@ class Inbox:
     and the agent takes them a batch at a time and acknowledges them once committed.
 
     Registered with the app's flow control, which empties it when partitions are revoked,
-    as it empties the channels of Faust's own streams."""
+    as it empties the channels of Faust's own streams. The messages it drops are no longer
+    pending (`forget`): a rebalance waits for every pending message to be acknowledged,
+    and these never will be; they are fetched again from the committed offsets."""
 
-    def __init__(self, topics: Sequence[str], max_pending: int) -> None:
+    def __init__(self, topics: Sequence[str], max_pending: int,
+                 forget: Callable[[Sequence[Any]], None] = lambda messages: None) -> None:
         self.topics = frozenset(topics)
         self.max_pending = max_pending
+        self._forget = forget
         self._messages: deque = deque()
         self._arrived = asyncio.Event()
         self._room = asyncio.Event()
@@ -138,13 +142,21 @@ class Inbox:
         return batch
 
     def clear(self) -> None:
+        dropped = list(self._messages)
         self._messages.clear()
         self._room.set()
+        self._forget(dropped)
 
 
 class _TunedConsumer(faust_aiokafka.Consumer):
     def _new_consumer_thread(self) -> _TunedConsumerThread:
         return _TunedConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    def forget(self, messages: Sequence[Any]) -> None:
+        """These messages will not be processed here: no longer pending an acknowledgement."""
+        unacked = self._unacked_messages
+        for message in messages:
+            unacked.discard(message)
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - runs in every worker
         """Faust's fetch loop, except that the messages of a topic with an inbox go to the
@@ -164,6 +176,7 @@ class _TunedConsumer(faust_aiokafka.Consumer):
                 await self.sleep(0)
                 if self.should_stop:
                     continue
+                generation = self.app.consumer_generation_id
                 fetched: dict[Inbox, list] = {}
                 async for tp, message in ait:
                     offset = message.offset
@@ -182,6 +195,13 @@ class _TunedConsumer(faust_aiokafka.Consumer):
                         track(message)
                         fetched.setdefault(inbox, []).append(message)
                     set_read_offset(tp, offset)
+                if not self.flow_active or self.app.consumer_generation_id != generation:
+                    # A rebalance began while this fetch was handed out (a commit or a
+                    # callback above awaited): its messages may belong to partitions
+                    # revoked meanwhile, whose inboxes were emptied. They are fetched
+                    # again from the committed offsets, so they are dropped here.
+                    self.forget([m for messages in fetched.values() for m in messages])
+                    continue
                 for inbox, messages in fetched.items():
                     inbox.put(messages)
                 for inbox in fetched:
@@ -253,7 +273,7 @@ class BankrollApp(faust.App):
     def inbox(self, topics: Sequence[str], max_pending: int) -> Inbox:
         """An inbox for the messages of these topics (see Inbox): the agent that reads
         it must be subscribed to them."""
-        box = Inbox(topics, max_pending)
+        box = Inbox(topics, max_pending, forget=lambda messages: self.consumer.forget(messages))
         self.inboxes = {**getattr(self, "inboxes", {}), **{topic: box for topic in box.topics}}
         self.flow_control.manage_queue(box)
         return box

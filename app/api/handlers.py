@@ -70,13 +70,20 @@ async def owner_of(request: web.Request, tenant_id: str, route: str, missing: st
     return player_id
 
 
-async def dispatch_routed(request: web.Request, player_id: str, command: object, operation_key: str,
+async def dispatch_routed(request: web.Request, player_id: str, route: str, command: object, operation_key: str,
                           meaning: dict) -> web.Response:
     """Dispatch a command that opens an operation later requests name by id alone (a
     deposit, a bet, a withdrawal). The agent refuses an id another player owns (its
     `*_exists` code) and records the route in the commit that accepts the operation, so
-    the route is there before the client hears of it."""
-    return result_response(*await dispatch(request, request["tenant_id"], player_id, command, operation_key, meaning))
+    the route is there before the client hears of it, and this process remembers it."""
+    tenant_id = request["tenant_id"]
+    code, reply = await dispatch(request, tenant_id, player_id, command, operation_key, meaning)
+    if code in ACCEPTED_CODES:
+        services(request).routes.remember(tenant_id, route, player_id)
+    return result_response(code, reply)
+
+
+ACCEPTED_CODES = frozenset({"ok", "created", "accepted"})
 
 
 class NotFound(Exception):
@@ -166,7 +173,8 @@ async def create_deposit(request: web.Request) -> web.Response:
         method=v.text(body, "method"),
     )
     idempotency_key = v.ident(body, "idempotency_key", required=False) or command.deposit_id
-    return await dispatch_routed(request, command.player_id, command, f"deposit:{idempotency_key}", body)
+    return await dispatch_routed(request, command.player_id, f"deposit:{command.deposit_id}", command,
+                                 f"deposit:{idempotency_key}", body)
 
 
 async def psp_webhook(request: web.Request) -> web.Response:
@@ -218,7 +226,8 @@ async def place_bet(request: web.Request) -> web.Response:
         provider=v.ident(body, "provider", required=False) or "house",
     )
     key = v.ident(body, "idempotency_key", required=False) or command.bet_id
-    return await dispatch_routed(request, v.ident(body, "player_id"), command, f"bet:{key}", body)
+    return await dispatch_routed(request, v.ident(body, "player_id"), f"bet:{command.bet_id}", command, f"bet:{key}",
+                                 body)
 
 
 async def _bet_action(request: web.Request, command: object, bet_id: str, action: str, body: dict) -> web.Response:
@@ -275,7 +284,8 @@ async def create_withdrawal(request: web.Request) -> web.Response:
         destination=v.text(body, "destination", max_len=128) if "destination" in body else "",
     )
     key = v.ident(body, "idempotency_key", required=False) or command.withdrawal_id
-    return await dispatch_routed(request, v.ident(body, "player_id"), command, f"withdrawal:{key}", body)
+    return await dispatch_routed(request, v.ident(body, "player_id"), f"withdrawal:{command.withdrawal_id}", command,
+                                 f"withdrawal:{key}", body)
 
 
 async def get_withdrawal(request: web.Request) -> web.Response:

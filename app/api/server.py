@@ -28,12 +28,13 @@ from app.api.widget import add_widget_routes
 from app.metrics import HTTP_ERRORS, HTTP_SECONDS
 from config import Settings, load_settings
 from storage.fx import FxRates, PostgresFxRates
-from storage.ports import DepositRoutes, LedgerStore, PoolCache, SignatureGuard, WalletCache
+from storage.ports import LedgerStore, PoolCache, SignatureGuard, WalletCache
 from storage.postgres.migrate import migrate
 from storage.postgres.stores import PostgresDepositRoutes, PostgresLedgerStore, create_pool
 from storage.redis.stores import (
     RedisPoolCache, RedisSignatureGuard, RedisWalletCache, connect as connect_redis, worker_key_prefix,
 )
+from storage.routes import KnownRoutes
 
 log = logging.getLogger("bankroll.web")
 
@@ -49,7 +50,7 @@ class Services:
         self,
         bus: CommandBus,
         cache: WalletCache,
-        routes: DepositRoutes,
+        routes: KnownRoutes,
         signatures: SignatureGuard,
         redis_client: aioredis.Redis,
         pool: asyncpg.Pool,
@@ -231,7 +232,7 @@ async def _connect(app: web.Application):  # type: ignore[no-untyped-def]
     app[SERVICES] = Services(
         bus=bus,
         cache=RedisWalletCache(redis_client),
-        routes=PostgresDepositRoutes(pool),
+        routes=KnownRoutes(PostgresDepositRoutes(pool)),
         signatures=RedisSignatureGuard(redis_client),
         redis_client=redis_client,
         pool=pool,

@@ -1,4 +1,6 @@
 """Faust wiring: the consumer Faust builds carries our fetch wait, not its hard-coded 1500 ms."""
+import asyncio
+
 from app.streaming import create_streams
 from config import Settings
 
@@ -72,3 +74,32 @@ async def test_the_producer_flush_before_an_offset_commit_drains_every_table_wri
     await drain(buffer)
     assert (buffer.size, buffer.sending) == (0, 0)
     await sender
+
+
+async def test_an_inbox_hands_over_fetches_in_order_and_forgets_what_a_rebalance_drops():
+    """A batch is what was fetched, in order, up to the batch size; emptied by a revoke,
+    the inbox's messages stop being pending in the consumer, or the rebalance would wait
+    for acknowledgements that never come."""
+    from faust.types.tuples import Message as ConsumerMessage
+
+    settings = Settings.from_env({"TOPIC_PARTITIONS": "1"})
+    app = create_streams(settings).app
+    inbox = app.inbox(["t.a", "t.b"], max_pending=3)
+    assert app.inboxes == {"t.a": inbox, "t.b": inbox}
+    fetched = [ConsumerMessage("t.a", 0, offset, 0.0, 0, [], b"k", b"v", None) for offset in range(5)]
+    for message in fetched:
+        app.consumer.track_message(message)
+    inbox.put(fetched)
+    assert not inbox.has_room()
+    assert [m.offset for m in await inbox.take(2)] == [0, 1]
+    assert not inbox.has_room()
+    assert [m.offset for m in await inbox.take(2)] == [2, 3]
+    assert inbox.has_room()
+
+    app.flow_control.clear()  # what Faust does when partitions are revoked
+    assert set(app.consumer.unacked) == {fetched[0], fetched[1], fetched[2], fetched[3]}
+    waiting = asyncio.ensure_future(inbox.take(10))
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    inbox.put(fetched[:1])
+    assert await waiting == fetched[:1]
