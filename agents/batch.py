@@ -11,6 +11,7 @@ crash after it redelivers messages whose operations are recorded, which replay."
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -54,8 +55,11 @@ def positions_of(messages: Iterable[Message]) -> dict[tuple[str, int], int]:
     return positions
 
 
+@functools.lru_cache(maxsize=65_536)
 def partition_of(key: bytes, partitions: int) -> int:
-    """The partition of a key on every Bankroll topic and table (Kafka's default murmur2)."""
+    """The partition of a key on every Bankroll topic and table (Kafka's default murmur2,
+    in pure Python: a key's partition is asked for several times a message, so it is
+    remembered for the hot keys)."""
     return _PARTITIONER(key, list(range(partitions)), list(range(partitions)))
 
 
