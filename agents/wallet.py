@@ -327,9 +327,8 @@ async def decide_batch(deps: WalletAgentDeps, items: Sequence[_Item], outputs: _
                       and i.envelope.operation_key not in states[i.key].operations}
     wanted_claims = {(i.envelope.tenant_id, claim) for i in items if i.command is not None
                      for claim in (claim_of(i.command),) if claim}
-    stored, known = await asyncio.gather(
-        read_durably("stored answers", lambda: deps.store.answers(AGENT, wanted_answers)),
-        read_durably("claims", lambda: deps.store.claims(wanted_claims)))
+    stored, known = await read_durably(
+        "stored answers and claims", lambda: deps.store.answers_and_claims(AGENT, wanted_answers, wanted_claims))
     stored_answers = {pair: decode_answer(raw) for pair, raw in stored.items()}
     claimed = set(known)
     for item in items:

@@ -197,6 +197,11 @@ class AgentStore(Protocol):
 
     async def records_of(self, agent: str, keys: Iterable[bytes]) -> dict[bytes, tuple[int, bytes]]: ...
 
+    async def answers_and_claims(
+        self, agent: str, answers: Iterable[tuple[bytes, str]], claims: Iterable[tuple[str, str]],
+    ) -> tuple[dict[tuple[bytes, str], bytes], dict[tuple[str, str], str]]:
+        """`answers` and `claims` at once (one round trip where the store has them)."""
+
     async def answers(self, agent: str, wanted: Iterable[tuple[bytes, str]]) -> dict[tuple[bytes, str], bytes]:
         """The stored answers of these (key, operation key) pairs that exist."""
 

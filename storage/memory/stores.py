@@ -246,6 +246,11 @@ class MemoryAgentStore:
         mine = self.answers_by_agent[agent]
         return {pair: mine[pair][0] for pair in wanted if pair in mine}
 
+    async def answers_and_claims(
+        self, agent: str, answers: Iterable[tuple[bytes, str]], claims: Iterable[tuple[str, str]],
+    ) -> tuple[dict[tuple[bytes, str], bytes], dict[tuple[str, str], str]]:
+        return await self.answers(agent, answers), await self.claims(claims)
+
     async def claims(self, wanted: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
         return {pair: self.routes[pair] for pair in wanted if pair in self.routes}
 

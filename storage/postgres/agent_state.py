@@ -19,6 +19,20 @@ _COMMIT_BATCH = "SELECT bankroll_commit_batch(" + ", ".join(f"${i}" for i in ran
 STALE_RECORDS, POSTINGS_STORED, CLAIM_TAKEN = "BR001", "BR002", "BR003"
 
 
+# What a batch must know before it is decided, in one round trip: the stored answers of
+# operations its records' windows no longer hold, and who owns the ids it names.
+_ANSWERS_AND_CLAIMS = """
+SELECT a.key, NULL::text AS tenant_id, a.operation_key AS name, a.answer, NULL::text AS player_id
+FROM operation_answers a JOIN unnest($2::bytea[], $3::text[]) AS w(key, operation_key)
+    ON a.key = w.key AND a.operation_key = w.operation_key
+WHERE a.agent = $1
+UNION ALL
+SELECT NULL, r.tenant_id, r.deposit_id, NULL, r.player_id
+FROM deposit_routes r JOIN unnest($4::text[], $5::text[]) AS w(tenant_id, route)
+    ON r.tenant_id = w.tenant_id AND r.deposit_id = w.route
+"""
+
+
 class _PostingsStoredAlready(Exception):
     """Inside the transaction: some postings were not inserted (see PostingsConflict)."""
 
@@ -99,6 +113,24 @@ class PostgresAgentStore:
             WHERE a.agent = $1
             """, agent, list(keys), list(operations))
         return {(bytes(r["key"]), r["operation_key"]): bytes(r["answer"]) for r in rows}
+
+    async def answers_and_claims(
+        self, agent: str, answers: Iterable[tuple[bytes, str]], claims: Iterable[tuple[str, str]],
+    ) -> tuple[dict[tuple[bytes, str], bytes], dict[tuple[str, str], str]]:
+        answer_pairs, claim_pairs = list(answers), list(claims)
+        if not answer_pairs or not claim_pairs:
+            return await self.answers(agent, answer_pairs), await self.claims(claim_pairs)
+        keys, operations = zip(*answer_pairs)
+        tenants, routes = zip(*claim_pairs)
+        found_answers: dict[tuple[bytes, str], bytes] = {}
+        found_claims: dict[tuple[str, str], str] = {}
+        for r in await self._pool.fetch(_ANSWERS_AND_CLAIMS, agent, list(keys), list(operations), list(tenants),
+                                        list(routes)):
+            if r["answer"] is not None:
+                found_answers[(bytes(r["key"]), r["name"])] = bytes(r["answer"])
+            else:
+                found_claims[(r["tenant_id"], r["name"])] = r["player_id"]
+        return found_answers, found_claims
 
     async def claims(self, wanted: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
         pairs = list(wanted)

@@ -356,6 +356,13 @@ async def test_a_batch_is_stored_whole_and_each_refusal_stores_nothing(agent_sto
         {key: (1, b"op1@1")}, {(key, "op1"): b"answer of op1"}, {(tenant, "bet:b1"): "p1"}, 2,
         {("contract.topic", 0): 10})
 
+    # What a batch reads before it is decided, at once: only what exists.
+    assert await store.answers_and_claims("contract", [(key, "op1"), (key, "op9")],
+                                          [(tenant, "bet:b1"), (tenant, "bet:b9")]) == (
+        {(key, "op1"): b"answer of op1"}, {(tenant, "bet:b1"): "p1"})
+    assert await store.answers_and_claims("contract", [(key, "op1")], []) == ({(key, "op1"): b"answer of op1"}, {})
+    assert await store.answers_and_claims("contract", [], [(tenant, "bet:b1")]) == ({}, {(tenant, "bet:b1"): "p1"})
+
     # The same batch again (its acknowledgement lost): the record moved on, so it is stale,
     # which is found before its postings could look like a conflict.
     with pytest.raises(StaleRecords) as stale:
