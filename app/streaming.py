@@ -158,7 +158,7 @@ class _TunedConsumer(faust_aiokafka.Consumer):
         for message in messages:
             unacked.discard(message)
 
-    async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - runs in every worker
+    async def _drain_messages(self, fetcher: Any) -> None:
         """Faust's fetch loop, except that the messages of a topic with an inbox go to the
         inbox, a fetch at a time, instead of one by one through a callback awaited in two
         new tasks. Offsets, gaps and the commit cadence are kept as Faust keeps them."""
