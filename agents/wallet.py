@@ -10,7 +10,6 @@ leaves after the batch is committed to PostgreSQL, so an answer a client holds i
 `register` puts the agent, the restore of its table and its timer on a worker."""
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import heapq
 import json

@@ -12,7 +12,6 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from app.api.bus import bootstrap_servers
 from app.messages import wallet_key
-
 from app.topics import GAME_ROUNDS, topic_name
 from storage.redis.stores import wallet_cache_key, worker_key_prefix
 from tests.e2e.helpers import Ledger, cash, create_player, deposit, uid, webhook_body
