@@ -340,6 +340,17 @@ def pool_records(items: Sequence[tuple[bytes, Any]]) -> list[tuple[bytes, bytes]
     return [(key, raw) for key, raw in items if raw and is_pool_key(key)]
 
 
+async def _decided_when_committed(messages: list[Message], prior: Any) -> list[Message]:
+    """A pool batch is not decided ahead: its messages are decided when it is committed,
+    on the records the batch before it committed."""
+    return messages
+
+
+async def _run(deps: JackpotAgentDeps, messages: list[Message]) -> bool:
+    await run_batch(deps, messages)
+    return True
+
+
 def register(worker: Worker) -> None:
     """The jackpot agent on this worker: its Faust agent fed through its inbox, the restore
     of the `pools` table from PostgreSQL once its changelog is read, and its timer (held
@@ -368,7 +379,7 @@ def register(worker: Worker) -> None:
     @app.agent(streams.jackpot_inputs, name="jackpot")
     async def jackpot(stream):  # type: ignore[no-untyped-def]
         deps = await jackpot_deps()
-        await run_batches(app, inbox, settings, lambda messages: run_batch(deps, messages))
+        await run_batches(app, inbox, settings, _decided_when_committed, lambda messages: _run(deps, messages))
 
     @streams.pools.on_recover
     async def restore_pools() -> None:

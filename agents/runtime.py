@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Iterable
 
 import asyncpg
@@ -237,32 +238,91 @@ async def restore(table: RecordTable, store: AgentStore, agent: str, partitions:
     return len(newer)
 
 
-async def run_batches(app: BankrollApp, inbox: Inbox, settings: Settings, run_batch) -> None:  # type: ignore[no-untyped-def]
-    """Feed an agent's inbox to its batch function, a batch at a time: whatever has been
-    fetched, up to WORKER_BATCH_MAX messages. A batch is acknowledged once it is
-    committed. A stop lets the batch in hand finish first. Anything else a batch raises is
-    a bug (an unreachable PostgreSQL is waited for inside it), a broken invariant above
-    all: it stops the worker, nothing of the batch having been stored, so its messages go
-    to the next owner instead of being passed over unacknowledged."""
-    while True:
-        fetched = await inbox.take(settings.worker_batch_max)
-        work = asyncio.ensure_future(run_batch([Message.of(m) for m in fetched]))
-        try:
-            await asyncio.shield(work)
-        except asyncio.CancelledError:
+@dataclass
+class _InFlight:
+    """A batch being committed, with the fetched messages it acknowledges once durable."""
+
+    work: asyncio.Future
+    prepared: Any
+    fetched: list
+
+
+async def run_batches(app: BankrollApp, inbox: Inbox, settings: Settings,
+                      prepare: Callable[[list[Message], Any], Awaitable[Any]],
+                      finish: Callable[[Any], Awaitable[bool]]) -> None:
+    """Feed an agent's inbox to its batch functions, a batch at a time: whatever has been
+    fetched, up to WORKER_BATCH_MAX messages.
+
+    The next batch is decided while the one before it is committed: `prepare(messages,
+    prior)` decides on the records, answers and claims `prior` left, and `finish(prepared)`
+    commits and emits, returning False when the commit was refused and the batch decided
+    again, in which case the next one is decided again too (on what was committed). So
+    PostgreSQL's work on one batch overlaps the worker's on the next, and outputs still
+    leave in order, each batch's after the one before.
+
+    A batch is acknowledged once it is committed. A stop lets the batch being committed
+    finish first. Anything else a batch raises is a bug (an unreachable PostgreSQL is
+    waited for inside it), a broken invariant above all: it stops the worker, nothing of
+    the batch having been stored, so its messages go to the next owner instead of being
+    passed over unacknowledged."""
+    in_flight: _InFlight | None = None
+    try:
+        while True:
+            if in_flight is None:
+                fetched = await inbox.take(settings.worker_batch_max)
+            else:
+                taking = asyncio.ensure_future(inbox.take(settings.worker_batch_max))
+                try:
+                    await asyncio.wait({taking, in_flight.work}, return_when=asyncio.FIRST_COMPLETED)
+                    if in_flight.work.done():
+                        await _settle(app, in_flight)
+                        in_flight = None
+                    fetched = await taking
+                finally:
+                    taking.cancel()
+            messages = [Message.of(m) for m in fetched]
+            prepared = await _failing_stops(app, prepare(messages, in_flight.prepared if in_flight else None))
+            if in_flight is not None:
+                committed_as_decided = await _settle(app, in_flight)
+                in_flight = None
+                if not committed_as_decided:
+                    prepared = await _failing_stops(app, prepare(messages, None))
+            in_flight = _InFlight(asyncio.ensure_future(finish(prepared)), prepared, fetched)
+    except asyncio.CancelledError:
+        if in_flight is not None:
             try:
-                await asyncio.wait_for(work, STOP_GRACE_S)
+                await asyncio.wait_for(asyncio.shield(in_flight.work), STOP_GRACE_S)
+                _acknowledge(app, in_flight.fetched)
             except Exception as exc:
                 # Nothing of an unfinished batch leaves the worker; the next owner gets it.
                 log.warning("the batch in hand did not finish while stopping: %r", exc)
-            raise
-        except Exception as exc:
-            log.critical("a batch failed; stopping the worker: %r", exc)
-            await app.crash(exc)
-            raise
-        ack = app.consumer.ack
-        for message in fetched:
-            ack(message)
+        raise
+
+
+async def _settle(app: BankrollApp, in_flight: _InFlight) -> bool:
+    """Wait for a batch's commit (a stop does not cancel it), acknowledge its messages and
+    say whether it was committed as first decided."""
+    committed_as_decided = await _failing_stops(app, asyncio.shield(in_flight.work))
+    _acknowledge(app, in_flight.fetched)
+    return committed_as_decided
+
+
+async def _failing_stops(app: BankrollApp, step: Awaitable[Any]) -> Any:
+    """A step of a batch that raises stops the worker (see run_batches)."""
+    try:
+        return await step
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        log.critical("a batch failed; stopping the worker: %r", exc)
+        await app.crash(exc)
+        raise
+
+
+def _acknowledge(app: BankrollApp, fetched: list) -> None:
+    ack = app.consumer.ack
+    for message in fetched:
+        ack(message)
 
 
 def register_heartbeat(worker: Worker) -> None:

@@ -309,13 +309,16 @@ class _Decided:
 
 
 async def decide_batch(deps: WalletAgentDeps, items: Sequence[_Item], outputs: _Outputs,
-                       in_ledger: AbstractSet[tuple[str, str]] = frozenset()) -> _Decided:
+                       in_ledger: AbstractSet[tuple[str, str]] = frozenset(), prior: _Decided | None = None,
+                       ) -> _Decided:
     decided = _Decided()
     decided.outputs = outputs
     states = decided.states
     for item in items:
         if item.key not in states:
-            state = load_state(deps.table, item.key, item.envelope.tenant_id, deps.decoded)
+            state = prior.states.get(item.key) if prior is not None else None
+            if state is None:
+                state = load_state(deps.table, item.key, item.envelope.tenant_id, deps.decoded)
             states[item.key] = state
             decided.loaded_versions[item.key] = state.version
             decided.loaded_answers[item.key] = state.operations
@@ -330,6 +333,11 @@ async def decide_batch(deps: WalletAgentDeps, items: Sequence[_Item], outputs: _
         "stored answers and claims", lambda: deps.store.answers_and_claims(AGENT, wanted_answers, wanted_claims))
     stored_answers = {pair: decode_answer(raw) for pair, raw in stored.items()}
     claimed = set(known)
+    if prior is not None:
+        # The batch before may still be committing: what it answered and claimed is not in
+        # storage yet.
+        stored_answers.update(prior.answers)
+        claimed.update(prior.claims)
     for item in items:
         started = time.perf_counter()
         decided.outputs.sends.extend(item.forwards_before)
@@ -435,17 +443,48 @@ def commit_of(deps: WalletAgentDeps, decided: _Decided, messages: Sequence[Messa
                        positions=positions_of(messages))
 
 
-async def run_batch(deps: WalletAgentDeps, messages: Sequence[Message]) -> None:
-    """Decide, commit and emit one batch. Returns once the batch is durable and its
-    outputs are on their way; the caller then acknowledges the messages."""
+@dataclass
+class Prepared:
+    """A batch decided, not yet committed: perhaps on the records the batch before it
+    left, while that one was still being committed (see agents/runtime.py run_batches)."""
+
+    messages: Sequence[Message]
+    decided: _Decided
+    commit: BatchCommit
+
+
+async def prepare(deps: WalletAgentDeps, messages: Sequence[Message], prior: Prepared | None = None) -> Prepared:
+    """Decide a batch; with `prior`, on the records, answers and claims of that batch,
+    which may not be committed yet."""
+    outputs = _Outputs()
+    decided = await decide_batch(deps, parse(deps, messages, outputs), outputs,
+                                 prior=prior.decided if prior is not None else None)
+    return Prepared(messages, decided, commit_of(deps, decided, messages))
+
+
+async def finish(deps: WalletAgentDeps, prepared: Prepared) -> bool:
+    """Commit and emit a prepared batch, deciding it again when its commit is refused.
+    Returns once the batch is durable and its outputs are on their way (the caller then
+    acknowledges the messages): True when it was committed as first decided, so that a
+    batch decided on it still holds."""
+    decisions = iter([(prepared.decided, prepared.commit)])
 
     async def decide_once(in_ledger: set[tuple[str, str]]) -> tuple[_Decided, BatchCommit]:
+        first = next(decisions, None)
+        if first is not None:
+            return first
         outputs = _Outputs()
-        decided = await decide_batch(deps, parse(deps, messages, outputs), outputs, in_ledger)
-        return decided, commit_of(deps, decided, messages)
+        decided = await decide_batch(deps, parse(deps, prepared.messages, outputs), outputs, in_ledger)
+        return decided, commit_of(deps, decided, prepared.messages)
 
     decided, commit = await decide_and_commit(deps.store, deps.table, decide_once)
     await publish(deps, decided, commit)
+    return decided is prepared.decided
+
+
+async def run_batch(deps: WalletAgentDeps, messages: Sequence[Message]) -> None:
+    """Decide, commit and emit one batch on the committed records."""
+    await finish(deps, await prepare(deps, messages))
 
 
 async def publish(deps: WalletAgentDeps, decided: _Decided, commit: BatchCommit) -> None:
@@ -491,7 +530,8 @@ def register(worker: Worker) -> None:
     @app.agent(streams.wallet_inputs, name="wallet")
     async def wallet_agent(stream):  # type: ignore[no-untyped-def]
         deps = await wallet_deps()
-        await run_batches(app, inbox, settings, lambda messages: run_batch(deps, messages))
+        await run_batches(app, inbox, settings, lambda messages, prior: prepare(deps, messages, prior),
+                          lambda prepared: finish(deps, prepared))
 
     @streams.wallets.on_recover
     async def restore_wallets() -> None:

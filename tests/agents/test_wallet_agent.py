@@ -5,16 +5,18 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from types import SimpleNamespace
 
 import pytest
 from faust.types.tuples import Message as ConsumerMessage
 
 from agents.batch import DictRecordTable, Message, partition_of
-from agents.runtime import OutputBuffer, WorkerResources, restore
-from agents.wallet import AGENT, ExpiryScheduler, WalletAgentDeps, decode_answer, load_state, run_batch
+from agents.runtime import OutputBuffer, WorkerResources, restore, run_batches
+from agents.wallet import AGENT, ExpiryScheduler, WalletAgentDeps, decode_answer, finish, load_state, prepare, run_batch
 from agents.worker import build_worker
 from app.domain.wallet.core import Rules
 from app.messages import CommandEnvelope, decode_reply, request_hash, wallet_key
+from app.streaming import Inbox
 from app.topics import WALLET_COMMANDS, topic_name
 from config import Settings
 from storage.memory.stores import MemoryAgentStore, MemoryPoolCache, MemoryWalletCache
@@ -212,6 +214,51 @@ async def test_a_record_written_meanwhile_by_another_worker_is_reloaded_and_deci
     state = load_state(old.table, KEY, "dev")
     assert state.balance("CASH", "EUR") == 4_900 and state.kyc_status == "VERIFIED" and state.version == 4
     assert store.records_by_agent[AGENT][KEY][0] == 4
+
+
+async def test_a_batch_decided_on_one_whose_commit_was_refused_is_decided_again():
+    """The worker decides a batch while the one before is committed. When that commit is
+    refused (another worker wrote the record meanwhile) and the batch before is decided
+    again, the batch decided on it no longer holds: it is decided again on what was
+    committed. Here it would otherwise refuse a bet for want of a credit it never saw."""
+    store = MemoryAgentStore()
+    old, sent = deps_with(store)
+    await run_batch(old, batch(CREATE, DEPOSIT))
+    new, _ = deps_with(store, DictRecordTable(dict(old.table.data)))
+    await run_batch(new, batch(VERDICT))  # the partition moved and came back: 4,900 credited meanwhile
+    real_commit, decided_on = store.commit, []
+
+    async def slow_commit(commit: BatchCommit) -> None:
+        await asyncio.sleep(0.05)  # so that the next batch is decided while this one commits
+        await real_commit(commit)
+
+    async def prepare_noting(messages, prior):  # type: ignore[no-untyped-def]
+        prepared = await prepare(old, messages, prior)
+        decided_on.append(prepared.decided.states[KEY].balance("CASH", "EUR"))
+        return prepared
+
+    store.commit = slow_commit  # type: ignore[method-assign]
+    acked: list = []
+    app = SimpleNamespace(consumer=SimpleNamespace(ack=acked.append), crash=None)
+    inbox = Inbox(["wallet.commands"], max_pending=10)
+    fetched = [ConsumerMessage(m.topic, m.partition, m.offset, m.timestamp_ms / 1000, 0, [], m.key, m.value, None)
+               for m in batch(("set_player_status", "kyc:1", {"kyc_status": "VERIFIED", "aml_hold": False}),
+                              ("place_bet", "bet:b1", {"bet_id": "b1", "amount_minor": 4_000, "currency": "EUR",
+                                                       "policy": "casino", "provider": "house"}))]
+    inbox.put(fetched)
+    running = asyncio.ensure_future(run_batches(app, inbox, Settings.from_env({"WORKER_BATCH_MAX": "1"}),
+                                                prepare_noting, lambda prepared: finish(old, prepared)))
+    await _until(lambda: len(acked) == 2)
+    running.cancel()
+    await asyncio.gather(running, return_exceptions=True)
+    await _settle()
+    # The balances each decision left: the bet was first decided on the kyc batch's
+    # record, without the credit (refused: nothing staked), then again on the stored one.
+    assert decided_on == [0, 0, 900]
+    assert sent.codes()[-2:] == ["ok", "created"] and acked == fetched
+    state = load_state(old.table, KEY, "dev")
+    assert state.balance("CASH", "EUR") == 900 and state.kyc_status == "VERIFIED" and state.version == 5
+    assert store.records_by_agent[AGENT][KEY][0] == 5
 
 
 async def test_an_id_claimed_by_another_player_meanwhile_is_refused():
