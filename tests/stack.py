@@ -59,6 +59,17 @@ def running(workdir: Path, *, workers: int = 1, **env: str) -> Iterator["Stack"]
         stack.stop()
 
 
+def _stop_draining(proc: subprocess.Popen, timeout_s: float = 40) -> None:
+    """SIGTERM, so the process drains; SIGKILL if it has not ended within timeout_s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -183,10 +194,11 @@ class Stack:
 
     # ------------------------------------------------------------ bankroll processes
 
-    def start_worker(self, name: str = "worker-1") -> subprocess.Popen:
+    def start_worker(self, name: str = "worker-1", **env: str) -> subprocess.Popen:
+        """A worker; `env` gives it settings of its own, the stack's other processes keep theirs."""
         log = open(self.workdir / f"{name}.log", "ab")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "agents.worker"], cwd=REPO_ROOT, env=self.env, stdout=log,
+            [sys.executable, "-m", "agents.worker"], cwd=REPO_ROOT, env={**self.env, **env}, stdout=log,
             stderr=subprocess.STDOUT, start_new_session=True,
         )
         self.workers[name] = proc
@@ -250,15 +262,15 @@ class Stack:
 
     def stop_bankroll(self) -> None:
         """Stop the web, then the workers, as `make run` does: each drains first."""
-        for proc in ([self.web] if self.web else []) + list(self.workers.values()):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        if self.web:
+            _stop_draining(self.web)
         self.web = None
+        self.stop_workers()
+
+    def stop_workers(self) -> None:
+        """Every worker stopped as a stop is meant to go: it drains and leaves the group at once."""
+        for proc in self.workers.values():
+            _stop_draining(proc)
         self.workers.clear()
 
     def restart(self, *, broker: str = "stop") -> None:

@@ -45,30 +45,6 @@ def plan(players: list[str]) -> list[tuple[str, str, int, int]]:
     return rounds
 
 
-def stop_workers(stack: Stack) -> None:
-    """Every worker stopped as a stop is meant to go (it leaves the group at once)."""
-    for name in list(stack.workers):
-        proc = stack.workers.pop(name)
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=40)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def start_worker_with(stack: Stack, name: str, **env: str) -> subprocess.Popen:
-    """A worker with settings of its own; the stack's other processes keep theirs."""
-    kept = {k: stack.env[k] for k in env if k in stack.env}
-    stack.env.update(env)
-    try:
-        return stack.start_worker(name)
-    finally:
-        for k in env:
-            stack.env.pop(k, None)
-        stack.env.update(kept)
-
-
 async def serving_every_partition(stack: Stack, name: str) -> None:
     partitions = list(range(stack.settings.topic_partitions))
 
@@ -138,9 +114,9 @@ async def test_kill_9_mid_batch_loses_and_doubles_no_round(stack, client, moment
     operations = [f"round:acme:{round_id}:{player}" for player, round_id, _, _ in rounds]
 
     loop = asyncio.get_running_loop()
-    await loop.run_in_executor(None, stop_workers, stack)
+    await loop.run_in_executor(None, stack.stop_workers)
     crashing = uid("crashing")
-    proc = start_worker_with(stack, crashing, FAULT_CRASH_POINT=f"{moment}:{CRASH_AT_COMMIT}",
+    proc = stack.start_worker(crashing, FAULT_CRASH_POINT=f"{moment}:{CRASH_AT_COMMIT}",
                              WORKER_BATCH_MAX=str(CRASH_BATCH_MAX))
     fresh = uid("worker")
     try:
